@@ -1,0 +1,5 @@
+"""Allow `python -m meshd`."""
+
+from meshd.cli import main
+
+main()

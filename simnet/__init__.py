@@ -1,0 +1,3 @@
+"""simnet: many real meshd nodes on one machine, with faults, workloads and reports."""
+
+__all__: list[str] = []
