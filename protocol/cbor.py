@@ -1,0 +1,164 @@
+"""Strict, bounded CBOR for untrusted input, and the one signing layout all our structures share.
+
+Every signed structure is a CBOR map with small unsigned-integer keys whose first entry is
+key 0 holding the 64-byte Ed25519 signature. The signed bytes are a per-structure domain
+prefix followed by the map's encoding with that first entry removed (the header counting one
+entry fewer). Senders encode deterministically (RFC 8949 section 4.2.1), so the signature
+covers exactly the bytes on the wire and a receiver never re-encodes anything to verify.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import cbor2
+
+from protocol.errors import LocalProtocolError, RejectReason, RemoteProtocolError
+from protocol.ids import SIGNATURE_LEN, SigningKey
+
+__all__ = [
+    "DecodeLimits",
+    "check_plain",
+    "decode_signed_map",
+    "dumps_canonical",
+    "encode_signed_map",
+    "loads_strict",
+]
+
+_SIG_ENTRY = b"\x00\x58\x40"  # key 0, byte string of length 64
+_MAX_SMALL_MAP = 23  # maps with more entries need a longer header; ours never do
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeLimits:
+    """Bounds applied to every untrusted CBOR input."""
+
+    max_size: int = 64 * 1024
+    max_depth: int = 16
+    max_str: int = 16 * 1024
+    max_items: int = 4096
+
+    def __post_init__(self) -> None:
+        if not (0 < self.max_size <= 16 * 1024 * 1024):
+            raise LocalProtocolError("max_size must be in 1..16 MiB")
+        if not (2 <= self.max_depth <= 64):
+            raise LocalProtocolError("max_depth must be in 2..64")
+        if self.max_str <= 0 or self.max_items <= 0:
+            raise LocalProtocolError("max_str and max_items must be positive")
+
+
+DEFAULT_LIMITS = DecodeLimits()
+
+
+def _refuse_tag(_decoder: object, tag: object) -> object:
+    raise ValueError(f"CBOR tag {getattr(tag, 'tag', '?')} is not allowed")
+
+
+def loads_strict(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> Any:
+    """Decode exactly one definite-length CBOR item of at most `limits.max_size` bytes."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise RemoteProtocolError(RejectReason.MALFORMED, "input is not bytes")
+    if len(data) > limits.max_size:
+        raise RemoteProtocolError(
+            RejectReason.TOO_LARGE, f"{len(data)} bytes > limit {limits.max_size}"
+        )
+    if not data:
+        raise RemoteProtocolError(RejectReason.MALFORMED, "empty input")
+    fp = io.BytesIO(data)
+    try:
+        decoder = cbor2.CBORDecoder(
+            fp,
+            tag_hook=_refuse_tag,
+            max_depth=limits.max_depth,
+            allow_indefinite=False,
+            allow_duplicate_keys=False,
+        )
+        obj = decoder.decode()
+    except RecursionError as exc:
+        raise RemoteProtocolError(RejectReason.MALFORMED, "nested too deeply") from exc
+    except (cbor2.CBORError, ValueError, TypeError, OverflowError, MemoryError) as exc:
+        raise RemoteProtocolError(RejectReason.MALFORMED, f"bad CBOR: {exc}"[:200]) from exc
+    if fp.tell() != len(data):
+        raise RemoteProtocolError(RejectReason.MALFORMED, "trailing bytes after the CBOR item")
+    return obj
+
+
+_PLAIN_SCALARS = (int, str, bytes, bool, float, type(None))
+
+
+def check_plain(obj: Any, limits: DecodeLimits = DEFAULT_LIMITS, _depth: int = 0) -> None:
+    """Refuse anything but plain CBOR data (no tags, no simple values, no odd keys), bounded."""
+    if _depth > limits.max_depth:
+        raise RemoteProtocolError(RejectReason.MALFORMED, "nested too deeply")
+    kind = type(obj)
+    if kind in (str, bytes):
+        if len(obj) > limits.max_str:
+            raise RemoteProtocolError(RejectReason.MALFORMED, "string too long")
+        return
+    if kind in _PLAIN_SCALARS:
+        return
+    if kind is list:
+        if len(obj) > limits.max_items:
+            raise RemoteProtocolError(RejectReason.MALFORMED, "array too long")
+        for item in obj:
+            check_plain(item, limits, _depth + 1)
+        return
+    if kind is dict:
+        if len(obj) > limits.max_items:
+            raise RemoteProtocolError(RejectReason.MALFORMED, "map too long")
+        for key, value in obj.items():
+            if type(key) not in (str, int):
+                raise RemoteProtocolError(RejectReason.MALFORMED, "map keys must be text or int")
+            check_plain(key, limits, _depth + 1)
+            check_plain(value, limits, _depth + 1)
+        return
+    raise RemoteProtocolError(RejectReason.MALFORMED, f"CBOR item of type {kind.__name__}")
+
+
+def dumps_canonical(obj: Any) -> bytes:
+    """Encode deterministically (sorted keys, shortest forms, definite lengths)."""
+    try:
+        return cbor2.dumps(obj, canonical=True)
+    except (cbor2.CBORError, ValueError, TypeError) as exc:
+        raise LocalProtocolError(f"cannot encode as CBOR: {exc}") from exc
+
+
+def encode_signed_map(domain: bytes, fields: dict[int, Any], key: SigningKey) -> bytes:
+    """Encode `fields` (keys >= 1) as a signed map: signature under key 0, signed by `key`."""
+    if not fields or len(fields) >= _MAX_SMALL_MAP or min(fields) < 1:
+        raise LocalProtocolError("signed maps have 1..22 fields with integer keys >= 1")
+    unsigned = dumps_canonical(fields)
+    signature = key.sign(domain + unsigned)
+    return bytes((unsigned[0] + 1,)) + _SIG_ENTRY + signature + unsigned[1:]
+
+
+def decode_signed_map(
+    data: bytes, domain: bytes, limits: DecodeLimits = DEFAULT_LIMITS
+) -> tuple[dict[int, Any], bytes, bytes]:
+    """Decode a signed map; return (fields without key 0, signed bytes, signature)."""
+    obj = loads_strict(data, limits)
+    if type(data) is not bytes:
+        data = bytes(data)
+    if type(obj) is not dict:
+        raise RemoteProtocolError(RejectReason.MALFORMED, "expected a CBOR map")
+    header = data[0]
+    # Only the one-byte map header (up to 23 entries) is legal, so the signature entry
+    # always starts at offset 1 and the slice below is exact.
+    if not (0xA2 <= header <= 0xA0 + _MAX_SMALL_MAP) or data[1:4] != _SIG_ENTRY:
+        raise RemoteProtocolError(
+            RejectReason.MALFORMED, "signature must be the first entry of a small map"
+        )
+    previous = -1
+    for field in obj:
+        if type(field) is not int or field <= previous:
+            raise RemoteProtocolError(
+                RejectReason.MALFORMED, "map keys must be ascending unsigned integers"
+            )
+        previous = field
+    signature = obj.pop(0)
+    if type(signature) is not bytes or len(signature) != SIGNATURE_LEN:  # pragma: no cover
+        raise RemoteProtocolError(RejectReason.MALFORMED, "signature must be 64 bytes")
+    signed = domain + bytes((header - 1,)) + data[4 + SIGNATURE_LEN :]
+    return obj, signed, signature
