@@ -10,6 +10,7 @@ covers exactly the bytes on the wire and a receiver never re-encodes anything to
 from __future__ import annotations
 
 import io
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ __all__ = [
 
 _SIG_ENTRY = b"\x00\x58\x40"  # key 0, byte string of length 64
 _MAX_SMALL_MAP = 23  # maps with more entries need a longer header; ours never do
+_INT_ONLY = {int}
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +54,30 @@ class DecodeLimits:
 DEFAULT_LIMITS = DecodeLimits()
 
 
-def _refuse_tag(_decoder: object, tag: object) -> object:
-    raise ValueError(f"CBOR tag {getattr(tag, 'tag', '?')} is not allowed")
+class _RefuseAllTags(Mapping[int, Callable[[object], object]]):
+    """A semantic-decoder table that refuses every tag, including the ones cbor2 knows.
+
+    cbor2 would otherwise turn tags such as bignums (2) or self-describe (55799) into plain
+    values; our formats define no tags at all, so any tag is malformed input.
+    """
+
+    def __getitem__(self, tag: int) -> Callable[[object], object]:
+        def refuse(_decoder: object) -> object:
+            raise ValueError(f"CBOR tag {tag} is not allowed")
+
+        return refuse
+
+    def __contains__(self, tag: object) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+_REFUSE_ALL_TAGS = _RefuseAllTags()
 
 
 def loads_strict(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> Any:
@@ -70,7 +94,7 @@ def loads_strict(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> Any:
     try:
         decoder = cbor2.CBORDecoder(
             fp,
-            tag_hook=_refuse_tag,
+            semantic_decoders=_REFUSE_ALL_TAGS,
             max_depth=limits.max_depth,
             allow_indefinite=False,
             allow_duplicate_keys=False,
@@ -150,13 +174,12 @@ def decode_signed_map(
         raise RemoteProtocolError(
             RejectReason.MALFORMED, "signature must be the first entry of a small map"
         )
-    previous = -1
-    for field in obj:
-        if type(field) is not int or field <= previous:
-            raise RemoteProtocolError(
-                RejectReason.MALFORMED, "map keys must be ascending unsigned integers"
-            )
-        previous = field
+    keys = tuple(obj)
+    # Types first: bool keys would compare equal to 0 and 1, and mixed types do not sort.
+    if set(map(type, keys)) != _INT_ONLY or keys != tuple(sorted(keys)):
+        raise RemoteProtocolError(
+            RejectReason.MALFORMED, "map keys must be ascending unsigned integers"
+        )
     signature = obj.pop(0)
     if type(signature) is not bytes or len(signature) != SIGNATURE_LEN:  # pragma: no cover
         raise RemoteProtocolError(RejectReason.MALFORMED, "signature must be 64 bytes")
