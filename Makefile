@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: all install run test lint typecheck unit bench clean
+.PHONY: all install run test lint typecheck unit bench vectors clean
 
 all: test
 
@@ -29,6 +29,9 @@ unit: $(STAMP)
 	$(VENV)/bin/pytest -q
 
 test: lint typecheck unit
+
+vectors: $(STAMP)
+	$(PY) -m scripts.gen_vectors
 
 bench: $(STAMP)
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

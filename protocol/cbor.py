@@ -54,15 +54,15 @@ class DecodeLimits:
 DEFAULT_LIMITS = DecodeLimits()
 
 
-class _RefuseAllTags(Mapping[int, Callable[[object], object]]):
+class _RefuseAllTags(Mapping[int, Callable[[Any, bool], Any]]):
     """A semantic-decoder table that refuses every tag, including the ones cbor2 knows.
 
     cbor2 would otherwise turn tags such as bignums (2) or self-describe (55799) into plain
     values; our formats define no tags at all, so any tag is malformed input.
     """
 
-    def __getitem__(self, tag: int) -> Callable[[object], object]:
-        def refuse(_decoder: object) -> object:
+    def __getitem__(self, tag: int) -> Callable[[Any, bool], Any]:
+        def refuse(_decoder: Any, _immutable: bool = False) -> Any:
             raise ValueError(f"CBOR tag {tag} is not allowed")
 
         return refuse

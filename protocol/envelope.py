@@ -49,7 +49,11 @@ _K_KIND, _K_BODY, _K_REPLY_TO, _K_TRACE = 7, 8, 9, 10
 _REQUIRED = frozenset({_K_VERSION, _K_FROM, _K_TO, _K_ID, _K_CREATED, _K_EXPIRES, _K_KIND, _K_BODY})
 _KNOWN = _REQUIRED | {_K_REPLY_TO, _K_TRACE}
 _MAX_MS = 2**53
-_FLAT = (int, bool, type(None))  # timestamps beyond this are nonsense and would lose precision in JSON
+_FLAT = (
+    int,
+    bool,
+    type(None),
+)  # timestamps beyond this are nonsense and would lose precision in JSON
 
 
 @dataclass(frozen=True, slots=True)

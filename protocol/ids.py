@@ -155,9 +155,7 @@ class NodeId:
 
 
 def _is_ed25519_peer_id(raw: bytes) -> bool:
-    return len(raw) == len(_PEER_ID_ED25519_PREFIX) + 32 and raw.startswith(
-        _PEER_ID_ED25519_PREFIX
-    )
+    return len(raw) == len(_PEER_ID_ED25519_PREFIX) + 32 and raw.startswith(_PEER_ID_ED25519_PREFIX)
 
 
 class SigningKey:

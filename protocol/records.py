@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from protocol.bloom import BloomFilter
-from protocol.cbor import DEFAULT_LIMITS, DecodeLimits, decode_signed_map, encode_signed_map
+from protocol.cbor import DecodeLimits, decode_signed_map, encode_signed_map
 from protocol.errors import LocalProtocolError, RejectReason, RemoteProtocolError
 from protocol.ids import AgentId, NodeId, SigningKey, verify_signature
 
@@ -317,7 +317,7 @@ class AgentRecord:
         )
 
     def verify(self, now_ms: int | None = None) -> None:
-        """Raise unless the agent signed it, its provenance holds and (given `now_ms`) it is live."""
+        """Raise unless the agent signed it, its provenance holds and (given `now_ms`) it lives."""
         if self.provenance.agent != self.agent:
             raise _fail("provenance is about another agent")
         if not verify_signature(self.agent.raw, self.signed_bytes, self.signature):

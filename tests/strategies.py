@@ -26,7 +26,9 @@ _scalars = (
 
 plain_bodies: st.SearchStrategy[Any] = st.recursive(
     _scalars,
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(st.text(max_size=10) | st.integers(0, 1000), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5)
+        | st.dictionaries(st.text(max_size=10) | st.integers(0, 1000), children, max_size=5)
+    ),
     max_leaves=20,
 )

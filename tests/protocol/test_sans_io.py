@@ -38,18 +38,20 @@ def test_sources_do_not_import_io_or_read_clocks() -> None:
                 names = [node.module]
             for name in names:
                 if name.split(".")[0] in FORBIDDEN_MODULES:
-                    problems.append(f"{path.name}:{node.lineno} imports {name}")
-            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
-                if (node.value.id, node.attr) in FORBIDDEN_CALLS:
-                    problems.append(f"{path.name}:{node.lineno} uses {node.value.id}.{node.attr}")
+                    problems.append(f"{path.name}:{getattr(node, 'lineno', 0)} imports {name}")
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and (node.value.id, node.attr) in FORBIDDEN_CALLS
+            ):
+                where = f"{path.name}:{getattr(node, 'lineno', 0)}"
+                problems.append(f"{where} uses {node.value.id}.{node.attr}")
     assert not problems, problems
     assert len(_modules()) >= 7
 
 
 def test_importing_protocol_loads_no_io_framework() -> None:
-    names = [
-        "protocol." + p.stem for p in _modules() if p.stem not in ("__init__", "__main__")
-    ]
+    names = ["protocol." + p.stem for p in _modules() if p.stem not in ("__init__", "__main__")]
     code = (
         f"import sys\nfor n in {names!r}: __import__(n)\n"
         "bad = [m for m in ('trio', 'libp2p', 'socket', 'asyncio') if m in sys.modules]\n"

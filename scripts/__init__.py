@@ -1,0 +1,1 @@
+"""Maintenance scripts (test-vector generation)."""
