@@ -10,6 +10,7 @@ covers exactly the bytes on the wire and a receiver never re-encodes anything to
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -80,65 +81,100 @@ class _RefuseAllTags(Mapping[int, Callable[[Any, bool], Any]]):
 _REFUSE_ALL_TAGS = _RefuseAllTags()
 
 
+class _Decoders(threading.local):
+    """One reusable strict decoder per thread and depth limit.
+
+    Building a CBORDecoder costs about as much as decoding a small envelope; receivers decode
+    on worker threads, so the cache is per thread.
+    """
+
+    def __init__(self) -> None:
+        self.by_depth: dict[int, cbor2.CBORDecoder] = {}
+
+    def get(self, max_depth: int, fp: io.BytesIO) -> cbor2.CBORDecoder:
+        decoder = self.by_depth.get(max_depth)
+        if decoder is None:
+            decoder = cbor2.CBORDecoder(
+                fp,
+                semantic_decoders=_REFUSE_ALL_TAGS,
+                max_depth=max_depth,
+                allow_indefinite=False,
+                allow_duplicate_keys=False,
+            )
+            self.by_depth[max_depth] = decoder
+        else:
+            decoder.fp = fp
+        return decoder
+
+
+_DECODERS = _Decoders()
+
+
 def loads_strict(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> Any:
     """Decode exactly one definite-length CBOR item of at most `limits.max_size` bytes."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise RemoteProtocolError(RejectReason.MALFORMED, "input is not bytes")
-    if len(data) > limits.max_size:
-        raise RemoteProtocolError(
-            RejectReason.TOO_LARGE, f"{len(data)} bytes > limit {limits.max_size}"
-        )
-    if not data:
+    size = len(data)
+    if size > limits.max_size:
+        raise RemoteProtocolError(RejectReason.TOO_LARGE, f"{size} bytes > limit {limits.max_size}")
+    if not size:
         raise RemoteProtocolError(RejectReason.MALFORMED, "empty input")
     fp = io.BytesIO(data)
     try:
-        decoder = cbor2.CBORDecoder(
-            fp,
-            semantic_decoders=_REFUSE_ALL_TAGS,
-            max_depth=limits.max_depth,
-            allow_indefinite=False,
-            allow_duplicate_keys=False,
-        )
-        obj = decoder.decode()
+        obj = _DECODERS.get(limits.max_depth, fp).decode()
     except RecursionError as exc:
         raise RemoteProtocolError(RejectReason.MALFORMED, "nested too deeply") from exc
     except (cbor2.CBORError, ValueError, TypeError, OverflowError, MemoryError) as exc:
         raise RemoteProtocolError(RejectReason.MALFORMED, f"bad CBOR: {exc}"[:200]) from exc
-    if fp.tell() != len(data):
+    if fp.tell() != size:
         raise RemoteProtocolError(RejectReason.MALFORMED, "trailing bytes after the CBOR item")
     return obj
 
 
-_PLAIN_SCALARS = (int, str, bytes, bool, float, type(None))
+_SCALARS = frozenset({int, float, bool, type(None)})
+_STRINGS = frozenset({str, bytes})
 
 
-def check_plain(obj: Any, limits: DecodeLimits = DEFAULT_LIMITS, _depth: int = 0) -> None:
+def check_plain(obj: Any, limits: DecodeLimits = DEFAULT_LIMITS) -> None:
     """Refuse anything but plain CBOR data (no tags, no simple values, no odd keys), bounded."""
-    if _depth > limits.max_depth:
-        raise RemoteProtocolError(RejectReason.MALFORMED, "nested too deeply")
-    kind = type(obj)
-    if kind in (str, bytes):
-        if len(obj) > limits.max_str:
-            raise RemoteProtocolError(RejectReason.MALFORMED, "string too long")
-        return
-    if kind in _PLAIN_SCALARS:
-        return
-    if kind is list:
-        if len(obj) > limits.max_items:
-            raise RemoteProtocolError(RejectReason.MALFORMED, "array too long")
-        for item in obj:
-            check_plain(item, limits, _depth + 1)
-        return
-    if kind is dict:
-        if len(obj) > limits.max_items:
-            raise RemoteProtocolError(RejectReason.MALFORMED, "map too long")
-        for key, value in obj.items():
-            if type(key) not in (str, int):
-                raise RemoteProtocolError(RejectReason.MALFORMED, "map keys must be text or int")
-            check_plain(key, limits, _depth + 1)
-            check_plain(value, limits, _depth + 1)
-        return
-    raise RemoteProtocolError(RejectReason.MALFORMED, f"CBOR item of type {kind.__name__}")
+    max_str, max_items, max_depth = limits.max_str, limits.max_items, limits.max_depth
+    # An explicit stack with scalars checked inline: this runs on every received message.
+    stack: list[tuple[Any, int]] = [(obj, 0)]
+    while stack:
+        item, depth = stack.pop()
+        kind = type(item)
+        if kind in _STRINGS:
+            if len(item) > max_str:
+                raise RemoteProtocolError(RejectReason.MALFORMED, "string too long")
+            continue
+        if kind in _SCALARS:
+            continue
+        if depth >= max_depth:
+            raise RemoteProtocolError(RejectReason.MALFORMED, "nested too deeply")
+        if kind is dict:
+            if len(item) > max_items:
+                raise RemoteProtocolError(RejectReason.MALFORMED, "map too long")
+            for key, value in item.items():
+                key_kind = type(key)
+                if key_kind is str:
+                    if len(key) > max_str:
+                        raise RemoteProtocolError(RejectReason.MALFORMED, "string too long")
+                elif key_kind is not int:
+                    raise RemoteProtocolError(
+                        RejectReason.MALFORMED, "map keys must be text or int"
+                    )
+                value_kind = type(value)
+                if value_kind in _STRINGS:
+                    if len(value) > max_str:
+                        raise RemoteProtocolError(RejectReason.MALFORMED, "string too long")
+                elif value_kind not in _SCALARS:
+                    stack.append((value, depth + 1))
+        elif kind is list:
+            if len(item) > max_items:
+                raise RemoteProtocolError(RejectReason.MALFORMED, "array too long")
+            stack.extend((value, depth + 1) for value in item)
+        else:
+            raise RemoteProtocolError(RejectReason.MALFORMED, f"CBOR item of type {kind.__name__}")
 
 
 def dumps_canonical(obj: Any) -> bytes:

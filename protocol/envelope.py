@@ -148,19 +148,20 @@ class Envelope(NamedTuple):
             raise RemoteProtocolError(RejectReason.UNKNOWN_VERSION, f"envelope version {version}")
         _check_fields(fields, limits)
         to = fields[_K_TO]
+        # Positional: this runs once per received message and keywords cost measurably.
         return cls(
-            sender=AgentId(fields[_K_FROM]),
-            recipient=AgentId(to) if type(to) is bytes else to,
-            msg_id=fields[_K_ID],
-            created_ms=fields[_K_CREATED],
-            expires_ms=fields[_K_EXPIRES],
-            kind=fields[_K_KIND],
-            body=fields[_K_BODY],
-            reply_to=fields.get(_K_REPLY_TO),
-            trace=fields.get(_K_TRACE),
-            signature=signature,
-            frame=bytes(frame),
-            signed_bytes=signed,
+            AgentId(fields[_K_FROM]),
+            AgentId(to) if type(to) is bytes else to,
+            fields[_K_ID],
+            fields[_K_CREATED],
+            fields[_K_EXPIRES],
+            fields[_K_KIND],
+            fields[_K_BODY],
+            fields.get(_K_REPLY_TO),
+            fields.get(_K_TRACE),
+            signature,
+            bytes(frame),
+            signed,
         )
 
     def signature_valid(self) -> bool:
