@@ -144,3 +144,44 @@ def test_mutated_records_only_raise_remote_errors(data: st.DataObject) -> None:
         frame[pos] = data.draw(st.integers(0, 255))
     with contextlib.suppress(RemoteProtocolError):
         AgentRecord.decode(bytes(frame)).verify(NOW)
+
+
+@given(
+    signing_keys,
+    st.text(min_size=1, max_size=64),
+    st.integers(0, 2**53),
+    st.integers(0, 2**40),
+)
+@settings(max_examples=50)
+def test_birth_cert_round_trip(agent: SigningKey, kind: str, created: int, budget: int) -> None:
+    cert = BirthCert.issue(
+        NODE, agent=agent.agent_id, kind=kind, node=NODE.node_id, created_ms=created, budget=budget
+    )
+    back = BirthCert.decode(cert.encoded)
+    assert back == cert
+    assert back.signature_valid()
+
+
+@given(
+    st.lists(st.binary(min_size=32, max_size=32), max_size=200),
+    st.lists(st.text(min_size=1, max_size=20), max_size=10),
+    st.dictionaries(st.text(min_size=1, max_size=64), st.integers(0, 2**63 - 1), max_size=32),
+    st.integers(0, 2**63 - 1),
+)
+@settings(max_examples=50)
+def test_node_summary_round_trip(
+    ids: list[bytes], tags: list[str], counts: dict[str, int], seq: int
+) -> None:
+    agents = BloomFilter.for_capacity(max(len(ids), 1), 0.01)
+    agents.add_many(ids)
+    caps = BloomFilter.for_capacity(16, 0.01)
+    caps.add_many(tag.encode() for tag in tags)
+    summary = NodeSummary.create(
+        NODE, seq=seq, created_ms=NOW, agents=agents, caps=caps, counts=counts
+    )
+    back = NodeSummary.decode(summary.encoded)
+    back.verify()
+    assert back.agents == agents
+    assert back.caps == caps
+    assert dict(back.counts) == counts
+    assert back.seq == seq
