@@ -27,10 +27,12 @@ import math
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from itertools import islice, repeat
+from itertools import repeat
 from typing import Any, Final
 
 import mmh3
+import numpy as np
+import numpy.typing as npt
 
 from protocol.cbor import DecodeLimits, dumps_canonical, loads_strict
 from protocol.errors import LocalProtocolError, RejectReason, RemoteProtocolError
@@ -47,6 +49,7 @@ _MAX_SEED: Final = (1 << 32) - 1
 _DIGEST: Final = struct.Struct("<QQ")
 _DELTA_ENTRY: Final = struct.Struct("<IQ")
 _CHUNK: Final = 1 << 16  # items hashed per batch in the bulk paths: bounds the scratch memory
+_VECTOR_MIN: Final = 256  # below this many items, unpacking the whole filter costs more
 _BLOCK: Final = 512  # bytes compared at once by delta_since before looking at single words
 _CBOR_OVERHEAD: Final = 32  # map header, three uints and a bstr header fit in far less
 # DecodeLimits tops out at 16 MiB, a few bytes short of a filter of exactly MAX_BITS; such
@@ -160,16 +163,6 @@ class BloomFilter:
         start, step = h1 % m, h2 % m
         return [(start + i * step) % m for i in range(self._hashes)]
 
-    def _digest_chunks(self, items: Iterable[bytes]) -> Iterator[tuple[int, ...]]:
-        """Yield, per batch of items, their digests as the flat tuple (h1, h2, h1, h2, ...)."""
-        source = iter(items)
-        while chunk := list(islice(source, _CHUNK)):
-            # One C-level type pass per batch is far cheaper than an isinstance per item.
-            if set(map(type, chunk)) != {bytes}:
-                raise LocalProtocolError("Bloom filter items must be bytes")
-            digests = b"".join(map(mmh3.hash_bytes, chunk, repeat(self._seed)))
-            yield struct.unpack(f"<{2 * len(chunk)}Q", digests)
-
     def add(self, item: bytes) -> None:
         """Add one item."""
         data = self._data
@@ -178,17 +171,31 @@ class BloomFilter:
 
     def add_many(self, items: Iterable[bytes]) -> None:
         """Add every item of `items`; the fast path for building a filter in bulk."""
-        data, m, rounds = self._data, self._bits, range(self._hashes)
-        for words in self._digest_chunks(items):
-            pairs = iter(words)
-            # Incremental form of (h1 + i*h2) mod m: one add and compare per probe, no division.
-            for h1, h2 in zip(pairs, pairs, strict=True):
-                p, step = h1 % m, h2 % m
-                for _ in rounds:
-                    data[p >> 3] |= 1 << (p & 7)
-                    p += step
-                    if p >= m:
-                        p -= m
+        batch = list(items)
+        if len(batch) < _VECTOR_MIN:
+            for item in batch:
+                self.add(item)
+            return
+        # Vectorised: one unpacked bool per bit, set by fancy indexing, packed back once.
+        flags = np.unpackbits(np.frombuffer(self._data, dtype=np.uint8), bitorder="little")
+        for positions in self._position_blocks(batch):
+            flags[positions.ravel()] = 1
+        self._data[:] = np.packbits(flags, bitorder="little").tobytes()
+
+    def _position_blocks(self, items: list[bytes]) -> Iterator[npt.NDArray[np.uint64]]:
+        """Yield, per batch of items, their k bit positions as an (n, k) array."""
+        m = np.uint64(self._bits)
+        probes = np.arange(self._hashes, dtype=np.uint64)
+        for offset in range(0, len(items), _CHUNK):
+            chunk = items[offset : offset + _CHUNK]
+            # One C-level type pass per batch is far cheaper than an isinstance per item.
+            if set(map(type, chunk)) != {bytes}:
+                raise LocalProtocolError("Bloom filter items must be bytes")
+            digests = b"".join(map(mmh3.hash_bytes, chunk, repeat(self._seed)))
+            pairs = np.frombuffer(digests, dtype="<u8").reshape(-1, 2)
+            # (h1 mod m) + i*(h2 mod m) stays below 32 * 2**27 = 2**32: no uint64 overflow.
+            start, step = pairs[:, 0] % m, pairs[:, 1] % m
+            yield (start[:, None] + probes[None, :] * step[:, None]) % m
 
     def __contains__(self, item: bytes) -> bool:
         """Whether the item may have been added (never False for an added item)."""
@@ -197,21 +204,13 @@ class BloomFilter:
 
     def contains_many(self, items: Iterable[bytes]) -> list[bool]:
         """Membership of every item of `items`, in order."""
-        data, m, rounds = self._data, self._bits, range(self._hashes)
+        batch = list(items)
+        if len(batch) < _VECTOR_MIN:
+            return [item in self for item in batch]
+        flags = np.unpackbits(np.frombuffer(self._data, dtype=np.uint8), bitorder="little")
         found: list[bool] = []
-        for words in self._digest_chunks(items):
-            pairs = iter(words)
-            for h1, h2 in zip(pairs, pairs, strict=True):
-                p, step = h1 % m, h2 % m
-                for _ in rounds:
-                    if not data[p >> 3] >> (p & 7) & 1:
-                        found.append(False)
-                        break
-                    p += step
-                    if p >= m:
-                        p -= m
-                else:
-                    found.append(True)
+        for positions in self._position_blocks(batch):
+            found.extend(flags[positions].all(axis=1).tolist())
         return found
 
     def _same_shape(self, other: BloomFilter, operation: str) -> None:
