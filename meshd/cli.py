@@ -5,12 +5,21 @@ from __future__ import annotations
 import click
 
 from meshd import __version__
+from meshd.cli_client import id_command, peers_command, status_command
+from meshd.cli_daemon import init_command, run_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="meshd")
 def cli() -> None:
     """meshd: a peer-to-peer mesh of agents with no central server."""
+
+
+cli.add_command(id_command)
+cli.add_command(peers_command)
+cli.add_command(status_command)
+cli.add_command(init_command)
+cli.add_command(run_command)
 
 
 def main() -> None:
