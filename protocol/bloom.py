@@ -210,8 +210,8 @@ class BloomFilter:
         flags = np.unpackbits(np.frombuffer(self._data, dtype=np.uint8), bitorder="little")
         found: list[bool] = []
         for positions in self._position_blocks(batch):
-            hits: list[bool] = flags[positions].all(axis=1).tolist()
-            found.extend(hits)
+            hits: npt.NDArray[np.bool_] = flags[positions].all(axis=1)
+            found.extend(bool(hit) for hit in hits)
         return found
 
     def _same_shape(self, other: BloomFilter, operation: str) -> None:
