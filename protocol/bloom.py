@@ -210,7 +210,7 @@ class BloomFilter:
         flags = np.unpackbits(np.frombuffer(self._data, dtype=np.uint8), bitorder="little")
         found: list[bool] = []
         for positions in self._position_blocks(batch):
-            hits: npt.NDArray[np.bool_] = flags[positions].all(axis=1)
+            hits = np.asarray(flags[positions].all(axis=1), dtype=np.bool_)
             found.extend(bool(hit) for hit in hits)
         return found
 
