@@ -81,38 +81,33 @@ class _RefuseAllTags(Mapping[int, Callable[[Any, bool], Any]]):
 _REFUSE_ALL_TAGS = _RefuseAllTags()
 
 
-class _Decoders(threading.local):
-    """One reusable strict decoder per thread and depth limit.
+# Building a CBORDecoder costs about as much as decoding a small envelope, so each thread
+# keeps one per depth limit and points it at the next input (receivers decode on workers).
+_LOCAL = threading.local()
 
-    Building a CBORDecoder costs about as much as decoding a small envelope; receivers decode
-    on worker threads, so the cache is per thread.
-    """
 
-    def __init__(self) -> None:
-        self.by_depth: dict[int, cbor2.CBORDecoder] = {}
-
-    def get(self, max_depth: int, fp: io.BytesIO) -> cbor2.CBORDecoder:
-        decoder = self.by_depth.get(max_depth)
-        if decoder is None:
-            decoder = cbor2.CBORDecoder(
-                fp,
-                semantic_decoders=_REFUSE_ALL_TAGS,
-                max_depth=max_depth,
-                allow_indefinite=False,
-                allow_duplicate_keys=False,
-            )
-            self.by_depth[max_depth] = decoder
-        else:
-            decoder.fp = fp
+def _decoder(max_depth: int, fp: io.BytesIO) -> cbor2.CBORDecoder:
+    try:
+        decoder: cbor2.CBORDecoder = _LOCAL.decoders[max_depth]
+    except AttributeError:
+        _LOCAL.decoders = {}
+        return _decoder(max_depth, fp)
+    except KeyError:
+        decoder = _LOCAL.decoders[max_depth] = cbor2.CBORDecoder(
+            fp,
+            semantic_decoders=_REFUSE_ALL_TAGS,
+            max_depth=max_depth,
+            allow_indefinite=False,
+            allow_duplicate_keys=False,
+        )
         return decoder
-
-
-_DECODERS = _Decoders()
+    decoder.fp = fp
+    return decoder
 
 
 def loads_strict(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> Any:
     """Decode exactly one definite-length CBOR item of at most `limits.max_size` bytes."""
-    if not isinstance(data, bytes | bytearray | memoryview):
+    if type(data) is not bytes and not isinstance(data, bytearray | memoryview):
         raise RemoteProtocolError(RejectReason.MALFORMED, "input is not bytes")
     size = len(data)
     if size > limits.max_size:
@@ -121,7 +116,7 @@ def loads_strict(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> Any:
         raise RemoteProtocolError(RejectReason.MALFORMED, "empty input")
     fp = io.BytesIO(data)
     try:
-        obj = _DECODERS.get(limits.max_depth, fp).decode()
+        obj = _decoder(limits.max_depth, fp).decode()
     except RecursionError as exc:
         raise RemoteProtocolError(RejectReason.MALFORMED, "nested too deeply") from exc
     except (cbor2.CBORError, ValueError, TypeError, OverflowError, MemoryError) as exc:
