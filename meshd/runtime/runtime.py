@@ -1,0 +1,729 @@
+"""The agent runtime: hosts many agents cheaply as virtual actors.
+
+Memory model (DESIGN.md section 5, targets in section 8):
+- A *dormant* agent costs one entry in `_index` (its 32-byte id mapped to its state), about
+  120 bytes; everything else (kind, caps, sealed key, state) is in the store.
+- An *active* agent is an `Activation` (behaviour instance, decoded state, an inbox deque)
+  with no task of its own. A task runs only while its inbox is non-empty, in the runtime's
+  nursery, under a limiter bounding concurrent handlers.
+- Idle agents are evicted back to dormant after `idle_evict_s`, or sooner, least recently
+  used first, when more than `max_active` are active.
+
+Messages reach an agent through `deliver()`, which the delivery layer calls after verifying
+the envelope. A reply to a pending `ctx.request` is matched here, before any inbox.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import cbor2
+import trio
+
+from meshd.clock import WallClock, wall_ms
+from meshd.runtime.activation import Activation
+from meshd.runtime.keys import KeyVault, generate_agent_keys
+from meshd.runtime.kinds import BUILTIN_KINDS, resolve_kind
+from meshd.runtime.lifecycle import LifecycleError, State, check_transition
+from meshd.runtime.quota import QuotaExceeded, TokenBucket
+from meshd.runtime.sdk import AgentError, DeliveryReport, Message
+from meshd.store import AgentRow, Store
+from protocol.envelope import Envelope
+from protocol.ids import AgentId, SigningKey
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus
+
+__all__ = ["Messenger", "ReplySlot", "Runtime", "RuntimeSettings", "UnknownAgent"]
+
+log = logging.getLogger("meshd.runtime")
+
+_SPAWN_CHUNK = 5_000
+_LIST_MAX = 10_000
+_EXTERNAL = "external"
+
+
+class UnknownAgent(LookupError):
+    """No agent with that id (or name) is hosted here."""
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeSettings:
+    """Limits and timings of the runtime (config keys `agents.*`)."""
+
+    max_agents: int = 2_000_000
+    max_active: int = 10_000
+    idle_evict_s: float = 60.0
+    spawn_rate: float = 50_000.0
+    spawn_burst: float = 200_000.0
+    default_budget: int = 1_000
+    inbox_limit: int = 1_000
+    max_handlers: int = 256
+    sweep_interval_s: float = 1.0
+    envelope_ttl_ms: int = 60_000
+
+    def __post_init__(self) -> None:
+        for name in ("max_agents", "max_active", "inbox_limit", "max_handlers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"agents.{name} must be at least 1")
+        if self.idle_evict_s <= 0 or self.sweep_interval_s <= 0:
+            raise ValueError("agents.idle_evict_s and agents.sweep_interval_s must be positive")
+
+
+class Messenger(Protocol):
+    """Where the runtime sends what its agents send (the router, or local-only delivery)."""
+
+    async def send(self, envelope: Envelope, *, reliable: bool) -> DeliveryReport:
+        """Deliver a signed envelope to its recipient agent."""
+        ...
+
+    async def publish(self, envelope: Envelope) -> None:
+        """Publish a signed envelope on its topic."""
+        ...
+
+    async def subscribe(self, topic: str, agent: AgentId) -> None:
+        """Deliver the topic's messages to `agent` from now on."""
+        ...
+
+
+class LocalMessenger:
+    """Delivery to agents of this runtime only; what a node without a network uses."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._topics: dict[str, set[bytes]] = {}
+
+    async def send(self, envelope: Envelope, *, reliable: bool) -> DeliveryReport:
+        """Hand the envelope to the local recipient, or report not_here."""
+        del reliable  # nothing to retry locally: the store is the outbox
+        outcome = await self._runtime.deliver(envelope)
+        return DeliveryReport(envelope.msg_id, outcome)
+
+    async def publish(self, envelope: Envelope) -> None:
+        """Deliver to the local subscribers of the topic."""
+        assert isinstance(envelope.recipient, str)
+        for agent in sorted(self._topics.get(envelope.recipient, ())):
+            await self._runtime.deliver(envelope, to=AgentId(agent))
+
+    async def subscribe(self, topic: str, agent: AgentId) -> None:
+        """Remember the subscription."""
+        self._topics.setdefault(topic, set()).add(agent.raw)
+
+
+class ReplySlot:
+    """Where a reply to a pending request lands."""
+
+    __slots__ = ("_event", "message")
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+        self.message: Message | None = None
+
+    def fill(self, message: Message) -> None:
+        """Store the reply and wake the waiter."""
+        if self.message is None:
+            self.message = message
+            self._event.set()
+
+    async def wait(self) -> Message:
+        """Wait for the reply."""
+        await self._event.wait()
+        assert self.message is not None
+        return self.message
+
+
+@dataclass(slots=True)
+class RuntimeStats:
+    """Counters for status and metrics."""
+
+    spawned: int = 0
+    activations: int = 0
+    evictions: int = 0
+    deleted: int = 0
+    expired: int = 0
+    handled: int = 0
+    handler_errors: int = 0
+    inbox_full: int = 0
+    queued: int = 0
+    quota_refusals: dict[str, int] = field(default_factory=dict)
+
+
+def _encode_state(state: dict[str, Any]) -> bytes:
+    try:
+        return cbor2.dumps(state, canonical=True)
+    except (cbor2.CBOREncodeError, TypeError, ValueError) as exc:
+        raise AgentError(f"agent state is not CBOR-encodable: {exc}") from exc
+
+
+def _decode_state(data: bytes) -> dict[str, Any]:
+    state = cbor2.loads(data) if data else {}
+    return state if isinstance(state, dict) else {}
+
+
+class Runtime:
+    """Hosts agents: spawn, activation, eviction, lifecycle, TTL and quotas."""
+
+    def __init__(
+        self,
+        store: Store,
+        node_key: SigningKey,
+        settings: RuntimeSettings | None = None,
+        *,
+        clock: WallClock = wall_ms,
+    ) -> None:
+        self.store = store
+        self.settings = settings or RuntimeSettings()
+        self.node_key = node_key
+        self.vault = KeyVault(node_key)
+        self.clock = clock
+        self.messenger: Messenger = LocalMessenger(self)
+        self.stats = RuntimeStats()
+        self._index: dict[bytes, State] = {}
+        self._external: set[bytes] = set()
+        self._active: OrderedDict[bytes, Activation] = OrderedDict()
+        self._activating: dict[bytes, trio.Event] = {}
+        self._pending: dict[bytes, tuple[bytes, ReplySlot]] = {}
+        self._inbox_waiters: dict[bytes, trio.Event] = {}
+        self._spawn_bucket = TokenBucket(self.settings.spawn_rate, self.settings.spawn_burst)
+        self._spawn_lock = trio.Lock()
+        self._limiter = trio.CapacityLimiter(self.settings.max_handlers)
+        self._nursery: trio.Nursery | None = None
+
+    # -- service -----------------------------------------------------------------------
+
+    async def serve(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Load the agent index from the store, then run sweepers and handlers until cancelled."""
+        async for batch in self.store.iter_agent_index():
+            for agent_id, lifecycle, kind in batch:
+                state = State(lifecycle)
+                if state is State.GONE:
+                    continue
+                self._index[agent_id] = State.DORMANT if state is State.ACTIVE else state
+                if kind == _EXTERNAL:
+                    self._external.add(agent_id)
+        log.info("runtime: %d agents hosted", len(self._index))
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._sweep_loop)
+            task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    await self.evict_all()
+                self._nursery = None
+
+    # -- queries -----------------------------------------------------------------------
+
+    def hosts(self, agent: AgentId) -> bool:
+        """Whether the agent lives here (in any state but gone)."""
+        return agent.raw in self._index
+
+    def state_of(self, agent: AgentId) -> State | None:
+        """The agent's lifecycle state here, or None."""
+        if agent.raw in self._active:
+            return State.ACTIVE
+        return self._index.get(agent.raw)
+
+    def counts(self) -> dict[str, int]:
+        """How many agents are in each state."""
+        counts = {state.value: 0 for state in State if state is not State.GONE}
+        for state in self._index.values():
+            counts[state.value] += 1
+        counts[State.ACTIVE.value] = len(self._active)
+        counts[State.DORMANT.value] -= len(self._active)
+        counts["total"] = len(self._index)
+        return counts
+
+    def agent_ids(self) -> Iterator[bytes]:
+        """The ids of every hosted agent (for summaries)."""
+        return iter(list(self._index))
+
+    async def describe(self, agent: AgentId) -> dict[str, Any]:
+        """Everything the API shows about one agent (never its key)."""
+        row = await self.store.get_agent(agent.raw)
+        if row is None or (row.lifecycle == State.GONE.value and agent.raw not in self._index):
+            raise UnknownAgent(f"no agent {agent.did} on this node")
+        return self._info(row)
+
+    async def find_by_name(self, name: str) -> AgentId:
+        """The agent spawned with this name."""
+        row = await self.store.get_agent_by_name(name)
+        if row is None or row.lifecycle == State.GONE.value:
+            raise UnknownAgent(f"no agent named {name!r} on this node")
+        return AgentId(row.id)
+
+    async def list_agents(
+        self,
+        *,
+        lifecycle: str | None = None,
+        kind: str | None = None,
+        limit: int = 100,
+        after: bytes | None = None,
+    ) -> list[dict[str, Any]]:
+        """Agents hosted here, by id, filtered by state and kind."""
+        limit = max(1, min(limit, _LIST_MAX))
+        if lifecycle == State.ACTIVE.value:
+            rows = []
+            for raw in sorted(self._active):
+                if after is not None and raw <= after:
+                    continue
+                row = await self.store.get_agent(raw)
+                if row is not None and (kind is None or row.kind == kind):
+                    rows.append(row)
+                if len(rows) >= limit:
+                    break
+            return [self._info(row) for row in rows]
+        stored = "dormant" if lifecycle in (None, "dormant") else lifecycle
+        rows = await self.store.list_agents(
+            lifecycle=stored if lifecycle is not None else None,
+            kind=kind,
+            limit=limit,
+            after=after,
+        )
+        infos = [self._info(row) for row in rows if row.lifecycle != State.GONE.value or lifecycle]
+        if lifecycle == State.DORMANT.value:
+            infos = [info for info in infos if info["state"] == State.DORMANT.value]
+        return infos
+
+    def _info(self, row: AgentRow) -> dict[str, Any]:
+        state = self.state_of(AgentId(row.id))
+        return {
+            "id": AgentId(row.id).did,
+            "kind": row.kind,
+            "name": row.name,
+            "caps": list(row.caps),
+            "state": state.value if state is not None else row.lifecycle,
+            "created_ms": row.created_ms,
+            "expires_ms": row.expires_ms,
+            "parent": AgentId(row.parent).did if row.parent else None,
+            "budget": row.budget,
+            "state_version": row.state_version,
+        }
+
+    # -- spawn -------------------------------------------------------------------------
+
+    def _refuse(self, reason: str, message: str) -> QuotaExceeded:
+        self.stats.quota_refusals[reason] = self.stats.quota_refusals.get(reason, 0) + 1
+        log.warning("spawn refused (%s): %s", reason, message)
+        return QuotaExceeded(reason, message)
+
+    async def spawn(
+        self,
+        kind: str,
+        *,
+        count: int = 1,
+        caps: tuple[str, ...] | list[str] = (),
+        state: dict[str, Any] | None = None,
+        ttl_s: float | None = None,
+        name: str | None = None,
+        parent: AgentId | None = None,
+        budget: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Create `count` dormant agents, durably; return their descriptions."""
+        behaviour = resolve_kind(kind)
+        if count < 1:
+            raise AgentError("count must be at least 1")
+        if name is not None and count != 1:
+            raise AgentError("--name gives one agent a name: use it with --count 1")
+        if ttl_s is not None and not (0 < ttl_s < 10 * 365 * 86400):
+            raise AgentError("ttl must be a positive number of seconds")
+        tags = tuple(dict.fromkeys([*behaviour.capabilities, *caps]))
+        for tag in tags:
+            if not isinstance(tag, str) or not 0 < len(tag) <= 64:
+                raise AgentError(f"capability tag {tag!r} must be 1..64 characters")
+        state_bytes = _encode_state(state or {})
+        async with self._spawn_lock:
+            return await self._spawn_locked(
+                kind, count, tags, state_bytes, ttl_s, name, parent, budget, progress
+            )
+
+    async def _spawn_locked(
+        self,
+        kind: str,
+        count: int,
+        caps: tuple[str, ...],
+        state_bytes: bytes,
+        ttl_s: float | None,
+        name: str | None,
+        parent: AgentId | None,
+        budget: int | None,
+        progress: Callable[[int, int], None] | None,
+    ) -> list[dict[str, Any]]:
+        settings = self.settings
+        if len(self._index) + count > settings.max_agents:
+            raise self._refuse(
+                "max_agents",
+                f"node holds {len(self._index)} agents; {count} more would pass the quota "
+                f"of {settings.max_agents}",
+            )
+        if not self._spawn_bucket.try_take(count, trio.current_time()):
+            wait = self._spawn_bucket.wait_time(count, trio.current_time())
+            hint = f"retry in {wait:.1f} s" if math.isfinite(wait) else "use a smaller --count"
+            raise self._refuse(
+                "spawn_rate",
+                f"spawn rate limit ({settings.spawn_rate:.0f}/s, burst "
+                f"{settings.spawn_burst:.0f}): {hint}",
+            )
+        now = self.clock()
+        child_budget = settings.default_budget if budget is None else budget
+        if child_budget < 0:
+            raise AgentError("budget must be >= 0")
+        if parent is not None:
+            parent_row = await self.store.get_agent(parent.raw)
+            if parent_row is None or parent_row.lifecycle == State.GONE.value:
+                raise UnknownAgent(f"no parent agent {parent.did} on this node")
+            if budget is None:
+                child_budget = max(0, (parent_row.budget - count) // (2 * count))
+            cost = count * (1 + child_budget)
+            if cost > parent_row.budget:
+                raise self._refuse(
+                    "budget",
+                    f"agent {parent.did} has a spawn budget of {parent_row.budget}; "
+                    f"{count} children with budget {child_budget} each cost {cost}",
+                )
+            await self.store.set_budget(parent.raw, parent_row.budget - cost, now)
+        expires = None if ttl_s is None else now + int(ttl_s * 1000)
+        created: list[AgentRow] = []
+        done = 0
+        while done < count:
+            n = min(_SPAWN_CHUNK, count - done)
+            pairs = await self._keygen(n)
+            sealed = await trio.to_thread.run_sync(self.vault.seal_many, [s for s, _ in pairs])
+            rows = [
+                AgentRow(
+                    id=public,
+                    kind=kind,
+                    name=name,
+                    caps=caps,
+                    lifecycle=State.DORMANT.value,
+                    created_ms=now,
+                    expires_ms=expires,
+                    parent=parent.raw if parent is not None else None,
+                    budget=child_budget,
+                    secret=secret,
+                    birth_cert=None,
+                    state=state_bytes,
+                    state_version=0,
+                    record_seq=0,
+                    updated_ms=now,
+                )
+                for (_seed, public), secret in zip(pairs, sealed, strict=True)
+            ]
+            await self.store.insert_agents(rows)
+            for row in rows:
+                self._index[row.id] = State.DORMANT
+            if kind == _EXTERNAL:
+                self._external.update(row.id for row in rows)
+            created.extend(rows)
+            done += n
+            self.stats.spawned += n
+            if progress is not None:
+                progress(done, count)
+        return [self._info(row) for row in created[:_LIST_MAX]]
+
+    async def _keygen(self, n: int) -> list[tuple[bytes, bytes]]:
+        # libsodium releases the GIL: two threads use both cores.
+        if n < 200:
+            return await trio.to_thread.run_sync(generate_agent_keys, n)
+        half = n // 2
+        results: list[list[tuple[bytes, bytes]]] = [[], []]
+
+        async def part(slot: int, size: int) -> None:
+            results[slot] = await trio.to_thread.run_sync(generate_agent_keys, size)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(part, 0, half)
+            nursery.start_soon(part, 1, n - half)
+        return results[0] + results[1]
+
+    # -- delivery ----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def expect_reply(self, request: Envelope) -> Iterator[ReplySlot]:
+        """Register a pending request so that its reply is matched, not queued."""
+        slot = ReplySlot()
+        self._pending[request.msg_id] = (request.sender.raw, slot)
+        try:
+            yield slot
+        finally:
+            self._pending.pop(request.msg_id, None)
+
+    async def deliver(
+        self, envelope: Envelope, *, reliable: bool = False, to: AgentId | None = None
+    ) -> str:
+        """Hand a verified envelope to its local recipient; return the delivery outcome."""
+        recipient = to if to is not None else envelope.recipient
+        if not isinstance(recipient, AgentId):
+            return "rejected:wrong_recipient"
+        if envelope.reply_to is not None:
+            pending = self._pending.get(envelope.reply_to)
+            if pending is not None and pending[0] == recipient.raw:
+                pending[1].fill(Message.from_envelope(envelope))
+                return "delivered"
+        raw = recipient.raw
+        state = self._index.get(raw)
+        if state is None:
+            return "not_here"
+        if state is State.SUSPENDED or state is State.MIGRATING or raw in self._external:
+            await self.store.inbox_put(raw, [envelope.frame], self.clock())
+            self.stats.queued += 1
+            waiter = self._inbox_waiters.pop(raw, None)
+            if waiter is not None:
+                waiter.set()
+            return "queued"
+        activation = self._active.get(raw) or await self._activate(recipient)
+        if activation is None:
+            return "gone"
+        if len(activation.inbox) >= self.settings.inbox_limit:
+            self.stats.inbox_full += 1
+            return "rejected:rate_limited"
+        activation.inbox.append((Message.from_envelope(envelope), reliable))
+        self._active.move_to_end(raw)
+        if not activation.running:
+            activation.running = True
+            assert self._nursery is not None, "runtime is not serving"
+            self._nursery.start_soon(self._drain, activation)
+        return "delivered"
+
+    async def _activate(self, agent: AgentId) -> Activation | None:
+        raw = agent.raw
+        pending = self._activating.get(raw)
+        if pending is not None:
+            await pending.wait()
+            return self._active.get(raw)
+        self._activating[raw] = event = trio.Event()
+        try:
+            row = await self.store.get_agent(raw)
+            if row is None or row.lifecycle == State.GONE.value:
+                self._index.pop(raw, None)
+                return None
+            behaviour = resolve_kind(row.kind)()
+            activation = Activation(
+                agent,
+                row.kind,
+                tuple(row.caps),
+                behaviour,
+                _decode_state(row.state),
+                row.state,
+                row.state_version,
+                self,
+            )
+            self._active[raw] = activation
+            self._index[raw] = State.ACTIVE
+            self.stats.activations += 1
+            try:
+                await behaviour.on_start(activation.ctx)
+            except Exception:  # an agent's bug must not take the node down
+                self.stats.handler_errors += 1
+                log.exception("agent %s: on_start failed", agent.did)
+            return activation
+        finally:
+            del self._activating[raw]
+            event.set()
+
+    async def _drain(self, activation: Activation) -> None:
+        try:
+            async with self._limiter:
+                while activation.inbox and not activation.stopping:
+                    message, _reliable = activation.inbox.popleft()
+                    try:
+                        await activation.behaviour.on_message(activation.ctx, message)
+                        self.stats.handled += 1
+                    except Exception:  # an agent's bug must not take the node down
+                        self.stats.handler_errors += 1
+                        log.exception(
+                            "agent %s: on_message failed for %s", activation.agent.did, message.kind
+                        )
+                    await self._save_state(activation)
+                    if activation.done:
+                        await self.delete(activation.agent, reason="done")
+                        return
+        finally:
+            activation.running = False
+            activation.last_used = trio.current_time()
+
+    async def _save_state(self, activation: Activation) -> None:
+        try:
+            encoded = _encode_state(activation.state)
+        except AgentError:
+            self.stats.handler_errors += 1
+            log.error("agent %s: state is not CBOR-encodable; not saved", activation.agent.did)
+            return
+        if encoded == activation.saved_state:
+            return
+        activation.state_version = await self.store.save_state(
+            activation.agent.raw, encoded, activation.state_version, self.clock()
+        )
+        activation.saved_state = encoded
+
+    async def make_envelope(
+        self,
+        activation: Activation,
+        to: AgentId | str,
+        kind: str,
+        body: Any,
+        *,
+        reply_to: bytes | None = None,
+    ) -> Envelope:
+        """Sign an envelope as the activation's agent (opening its key on first use)."""
+        if activation.key is None:
+            row = await self.store.get_agent(activation.agent.raw)
+            if row is None or not row.secret:
+                raise AgentError(f"agent {activation.agent.did} has no key here")
+            activation.key = self.vault.open(row.secret)
+        try:
+            return Envelope.create(
+                activation.key,
+                to,
+                kind,
+                body,
+                now_ms=self.clock(),
+                ttl_ms=self.settings.envelope_ttl_ms,
+                reply_to=reply_to,
+            )
+        except ValueError as exc:
+            raise AgentError(f"cannot build the message: {exc}") from exc
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def _stop(self, activation: Activation) -> None:
+        activation.stopping = True
+        with trio.move_on_after(5):
+            try:
+                await activation.behaviour.on_stop(activation.ctx)
+            except Exception:  # an agent's bug must not take the node down
+                self.stats.handler_errors += 1
+                log.exception("agent %s: on_stop failed", activation.agent.did)
+        await self._save_state(activation)
+        self._active.pop(activation.agent.raw, None)
+
+    async def evict(self, agent: AgentId) -> None:
+        """Send an active agent back to dormant (state saved)."""
+        activation = self._active.get(agent.raw)
+        if activation is None:
+            raise LifecycleError(f"agent {agent.did} is not active")
+        await self._stop(activation)
+        if self._index.get(agent.raw) is State.ACTIVE:
+            self._index[agent.raw] = State.DORMANT
+        self.stats.evictions += 1
+
+    async def evict_all(self) -> None:
+        """Evict every active agent (on shutdown)."""
+        for raw in list(self._active):
+            with contextlib.suppress(LifecycleError):
+                await self.evict(AgentId(raw))
+
+    def _current(self, agent: AgentId) -> State:
+        state = self.state_of(agent)
+        if state is None:
+            raise UnknownAgent(f"no agent {agent.did} on this node")
+        return state
+
+    async def suspend(self, agent: AgentId) -> None:
+        """Pause an agent: messages wait in its inbox until `resume`."""
+        check_transition("suspend", self._current(agent))
+        activation = self._active.get(agent.raw)
+        if activation is not None:
+            pending = [m.envelope.frame for m, _ in activation.inbox]
+            activation.inbox.clear()
+            await self._stop(activation)
+            if pending:
+                await self.store.inbox_put(agent.raw, pending, self.clock())
+        await self.store.set_lifecycle(agent.raw, State.SUSPENDED.value, self.clock())
+        self._index[agent.raw] = State.SUSPENDED
+
+    async def resume(self, agent: AgentId) -> int:
+        """Un-pause an agent and deliver what waited in its inbox; return how many."""
+        check_transition("resume", self._current(agent))
+        await self.store.set_lifecycle(agent.raw, State.DORMANT.value, self.clock())
+        self._index[agent.raw] = State.DORMANT
+        if agent.raw in self._external:
+            return 0
+        return await self._flush_inbox(agent)
+
+    async def _flush_inbox(self, agent: AgentId) -> int:
+        delivered = 0
+        while True:
+            items = await self.store.inbox_take(agent.raw, 500)
+            if not items:
+                return delivered
+            for _seq, frame in items:
+                envelope = Envelope.decode(frame)
+                await self.deliver(envelope, to=agent)
+                delivered += 1
+            await self.store.inbox_ack(agent.raw, items[-1][0])
+
+    async def delete(self, agent: AgentId, *, reason: str = "deleted") -> None:
+        """Delete an agent: stop it, tombstone it, drop its key, state and inbox."""
+        check_transition("delete", self._current(agent))
+        activation = self._active.get(agent.raw)
+        if activation is not None:
+            activation.inbox.clear()
+            await self._stop(activation)
+        await self.store.delete_agent(agent.raw, self.clock())
+        self._index.pop(agent.raw, None)
+        self._external.discard(agent.raw)
+        self.stats.deleted += 1
+        log.info("agent %s %s", agent.did, reason)
+
+    # -- external agents ---------------------------------------------------------------
+
+    def is_external(self, agent: AgentId) -> bool:
+        """Whether the agent's behaviour runs in an attached process."""
+        return agent.raw in self._external
+
+    async def wait_inbox(self, agent: AgentId, timeout: float) -> None:
+        """Wait until something is queued for an external agent, or `timeout` s pass."""
+        event = self._inbox_waiters.setdefault(agent.raw, trio.Event())
+        with trio.move_on_after(timeout):
+            await event.wait()
+
+    async def signing_key(self, agent: AgentId) -> SigningKey:
+        """The key of a hosted agent, for an attached external process sending as it."""
+        row = await self.store.get_agent(agent.raw)
+        if row is None or not row.secret or row.lifecycle == State.GONE.value:
+            raise UnknownAgent(f"no agent {agent.did} on this node")
+        return self.vault.open(row.secret)
+
+    # -- sweeping ----------------------------------------------------------------------
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await trio.sleep(self.settings.sweep_interval_s)
+            await self.sweep()
+
+    async def sweep(self) -> None:
+        """Evict idle agents, keep within `max_active`, and delete agents whose TTL passed."""
+        now = trio.current_time()
+        idle_before = now - self.settings.idle_evict_s
+        for raw, activation in list(self._active.items()):
+            if not activation.running and activation.last_used <= idle_before:
+                with contextlib.suppress(LifecycleError):
+                    await self.evict(AgentId(raw))
+        excess = len(self._active) - self.settings.max_active
+        for raw, activation in list(self._active.items()):
+            if excess <= 0:
+                break
+            if not activation.running:
+                with contextlib.suppress(LifecycleError):
+                    await self.evict(AgentId(raw))
+                excess -= 1
+        for row_id in await self.store.expired_agents(self.clock(), 1_000):
+            agent = AgentId(row_id)
+            if agent.raw in self._index:
+                with contextlib.suppress(LifecycleError, UnknownAgent):
+                    await self.delete(agent, reason="expired (ttl)")
+                    self.stats.expired += 1
+
+
+def builtin_kinds() -> list[str]:
+    """The names of the built-in kinds."""
+    return sorted(BUILTIN_KINDS)

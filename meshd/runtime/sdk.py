@@ -1,0 +1,159 @@
+"""The agent SDK: what an agent author writes against.
+
+An agent is a Python class derived from `Agent`. The runtime creates one instance when the
+agent activates (a message arrives for it), calls `on_start`, then `on_message` for each
+message, one at a time, and `on_stop` when the agent is evicted back to dormant, suspended,
+migrated or deleted. Between activations the instance is gone; what must survive lives in
+`ctx.state`, a JSON/CBOR-friendly dict that the runtime saves after every handler that
+changed it.
+
+    from meshd.runtime.sdk import Agent, Context, Message
+
+    class Greeter(Agent):
+        async def on_message(self, ctx: Context, msg: Message) -> None:
+            ctx.state["greeted"] = ctx.state.get("greeted", 0) + 1
+            await ctx.reply(msg, {"hello": msg.sender})
+
+Register it as `module:Greeter` (`meshd agent spawn mypkg.agents:Greeter`) or through the
+entry-point group `meshd.agents` (`greeter = "mypkg.agents:Greeter"` in pyproject.toml).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+from protocol.envelope import Envelope
+
+__all__ = ["Agent", "AgentError", "Context", "DeliveryReport", "Message", "RequestTimeout"]
+
+
+class AgentError(Exception):
+    """An agent asked for something the runtime refuses (quota, budget, bad target...)."""
+
+
+class RequestTimeout(AgentError):
+    """`ctx.request` got no reply before its deadline."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message as an agent sees it; `envelope` keeps the signed original for provenance."""
+
+    sender: str
+    kind: str
+    body: Any
+    msg_id: bytes
+    reply_to: bytes | None
+    topic: str | None
+    envelope: Envelope
+
+    @classmethod
+    def from_envelope(cls, envelope: Envelope) -> Message:
+        """Wrap a verified envelope."""
+        topic = envelope.recipient if isinstance(envelope.recipient, str) else None
+        return cls(
+            sender=envelope.sender.did,
+            kind=envelope.kind,
+            body=envelope.body,
+            msg_id=envelope.msg_id,
+            reply_to=envelope.reply_to,
+            topic=topic,
+            envelope=envelope,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryReport:
+    """What became of a sent message: delivered, queued, not_here, gone, rejected:<reason>..."""
+
+    msg_id: bytes
+    outcome: str
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """Whether the message reached (or was durably queued for) its recipient."""
+        return self.outcome in ("delivered", "queued")
+
+
+class Context(Protocol):
+    """What a running agent can do; passed to every handler."""
+
+    @property
+    def agent_id(self) -> str:
+        """This agent's id (`did:key:...`)."""
+        ...
+
+    @property
+    def kind(self) -> str:
+        """This agent's kind."""
+        ...
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """Persistent state; changes are saved after the handler returns."""
+        ...
+
+    @property
+    def log(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A logger that names this agent."""
+        ...
+
+    async def send(
+        self, to: str, body: Any, *, kind: str = "msg", reliable: bool = False
+    ) -> DeliveryReport:
+        """Send a message to another agent (at-least-once when `reliable`)."""
+        ...
+
+    async def request(
+        self, to: str, body: Any, *, kind: str = "req", timeout: float = 10.0
+    ) -> Message:
+        """Send a request and wait for its reply; raise RequestTimeout after `timeout` s."""
+        ...
+
+    async def reply(self, msg: Message, body: Any, *, kind: str = "reply") -> DeliveryReport:
+        """Answer `msg`."""
+        ...
+
+    async def publish(self, topic: str, body: Any, *, kind: str = "pub") -> None:
+        """Publish on a topic."""
+        ...
+
+    async def subscribe(self, topic: str) -> None:
+        """Receive the topic's messages in `on_message` from now on (kept while dormant)."""
+        ...
+
+    async def spawn(
+        self,
+        kind: str,
+        *,
+        caps: tuple[str, ...] = (),
+        state: dict[str, Any] | None = None,
+        ttl: float | None = None,
+        name: str | None = None,
+        budget: int | None = None,
+    ) -> str:
+        """Spawn a child agent on this node within this agent's budget; return its id."""
+        ...
+
+    def done(self) -> None:
+        """Declare this agent finished: it is deleted once the current handler returns."""
+        ...
+
+
+class Agent:
+    """Base class of agent behaviours; override the handlers you need."""
+
+    #: Capability tags every agent of this kind has (spawn may add more).
+    capabilities: ClassVar[tuple[str, ...]] = ()
+
+    async def on_start(self, ctx: Context) -> None:
+        """Called when the agent activates, before its first message."""
+
+    async def on_message(self, ctx: Context, msg: Message) -> None:
+        """Called for each message, one at a time."""
+
+    async def on_stop(self, ctx: Context) -> None:
+        """Called before the agent goes dormant, is suspended, migrated or deleted."""

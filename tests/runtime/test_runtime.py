@@ -1,0 +1,254 @@
+"""The agent runtime over a real SQLite store: spawn, activation, lifecycle, quotas, TTL."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import pytest
+import trio
+
+from meshd.runtime.kinds import KindError
+from meshd.runtime.lifecycle import LifecycleError, State
+from meshd.runtime.quota import QuotaExceeded
+from meshd.runtime.runtime import Runtime, RuntimeSettings, UnknownAgent
+from meshd.runtime.sdk import AgentError
+from meshd.store import Store
+from protocol.envelope import Envelope
+from protocol.ids import AgentId, SigningKey
+from tests.runtime import kinds_for_tests as kinds
+
+NODE_KEY = SigningKey.from_seed(b"N" * 32)
+CLIENT = SigningKey.from_seed(b"C" * 32)
+REC = "tests.runtime.kinds_for_tests:Recorder"
+
+
+class Clock:
+    """A settable wall clock in ms (time is an argument of the runtime)."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000_000
+
+    def __call__(self) -> int:
+        return self.now
+
+
+@asynccontextmanager
+async def running(
+    path: Path, clock: Clock | None = None, **settings: Any
+) -> AsyncIterator[Runtime]:
+    kinds.reset()
+    async with Store(path / "meshd.db") as store, trio.open_nursery() as nursery:
+        runtime = Runtime(
+            store,
+            NODE_KEY,
+            RuntimeSettings(**settings),
+            clock=clock or Clock(),
+        )
+        await nursery.start(runtime.serve)
+        try:
+            yield runtime
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+def message(runtime: Runtime, to: str | AgentId, body: Any, kind: str = "msg") -> Envelope:
+    target = to if isinstance(to, AgentId) else AgentId.from_did(to)
+    return Envelope.create(CLIENT, target, kind, body, now_ms=runtime.clock())
+
+
+async def settle(check: Callable[[], bool], limit: float = 5.0) -> None:
+    # Polling keeps the tests independent of the runtime's internals; fail_after bounds it.
+    with trio.fail_after(limit):
+        while not check():  # noqa: ASYNC110
+            await trio.sleep(0.01)
+
+
+async def test_spawn_creates_dormant_agents(tmp_path: Path) -> None:
+    async with running(tmp_path) as rt:
+        infos = await rt.spawn("echo", count=250, caps=["translate"])
+        assert len(infos) == 250
+        assert all(i["state"] == "dormant" for i in infos)
+        assert infos[0]["caps"] == ["echo", "translate"]
+        assert rt.counts()["dormant"] == 250
+        assert rt.counts()["active"] == 0
+        listed = await rt.list_agents(limit=10)
+        assert len(listed) == 10
+        assert rt.hosts(AgentId.from_did(infos[0]["id"]))
+
+
+async def test_message_activates_and_echo_replies(tmp_path: Path) -> None:
+    async with running(tmp_path) as rt:
+        (echo,) = await rt.spawn("echo")
+        (rec,) = await rt.spawn(REC)
+        outcome = await rt.deliver(message(rt, rec["id"], {"ask": echo["id"], "payload": "hi"}))
+        assert outcome == "delivered"
+        await settle(lambda: any(k == "answer" for _, k, _ in kinds.RECEIVED))
+        assert (rec["id"], "answer", "hi") in kinds.RECEIVED
+        assert rt.state_of(AgentId.from_did(echo["id"])) is State.ACTIVE
+        assert rt.stats.activations == 2
+
+
+async def test_state_persists_across_eviction_and_restart(tmp_path: Path) -> None:
+    async with running(tmp_path) as rt:
+        (counter,) = await rt.spawn("counter")
+        agent = AgentId.from_did(counter["id"])
+        for _ in range(3):
+            assert await rt.deliver(message(rt, agent, {"add": 2})) == "delivered"
+        await settle(lambda: rt.stats.handled == 3)
+        await rt.evict(agent)
+        assert rt.state_of(agent) is State.DORMANT
+        assert (await rt.describe(agent))["state_version"] >= 1
+    async with running(tmp_path) as rt:
+        assert rt.state_of(agent) is State.DORMANT
+        await rt.deliver(message(rt, agent, {"add": 1}))
+        await settle(lambda: rt.stats.handled == 1)
+        await rt.evict(agent)
+        row = await rt.store.get_agent(agent.raw)
+        assert row is not None
+        assert b"count" in row.state
+        assert cbor2.loads(row.state) == {"count": 7}
+
+
+async def test_idle_agents_are_evicted(tmp_path: Path) -> None:
+    async with running(tmp_path, idle_evict_s=0.05, sweep_interval_s=0.02) as rt:
+        (rec,) = await rt.spawn(REC)
+        await rt.deliver(message(rt, rec["id"], "x"))
+        await settle(lambda: rt.counts()["active"] == 1)
+        await settle(lambda: rt.counts()["active"] == 0)
+        assert [rec["id"]] == kinds.STOPPED
+        assert rt.stats.evictions == 1
+
+
+async def test_memory_budget_evicts_least_recently_used(tmp_path: Path) -> None:
+    async with running(tmp_path, max_active=3, idle_evict_s=3600) as rt:
+        infos = await rt.spawn(REC, count=6)
+        for info in infos:
+            await rt.deliver(message(rt, info["id"], "x"))
+        await settle(lambda: len(kinds.RECEIVED) == 6)
+        await rt.sweep()
+        assert rt.counts()["active"] == 3
+        assert set(kinds.STOPPED) == {i["id"] for i in infos[:3]}
+
+
+async def test_suspend_holds_and_resume_delivers(tmp_path: Path) -> None:
+    async with running(tmp_path) as rt:
+        (rec,) = await rt.spawn(REC)
+        agent = AgentId.from_did(rec["id"])
+        await rt.suspend(agent)
+        assert rt.state_of(agent) is State.SUSPENDED
+        for i in range(3):
+            assert await rt.deliver(message(rt, agent, i)) == "queued"
+        assert kinds.RECEIVED == []
+        with pytest.raises(LifecycleError, match="cannot suspend an agent that is suspended"):
+            await rt.suspend(agent)
+        assert await rt.resume(agent) == 3
+        await settle(lambda: len(kinds.RECEIVED) == 3)
+        assert [body for _, _, body in kinds.RECEIVED] == [0, 1, 2]
+        with pytest.raises(LifecycleError, match="cannot resume"):
+            await rt.resume(agent)
+
+
+async def test_delete_tombstones(tmp_path: Path) -> None:
+    async with running(tmp_path) as rt:
+        (rec,) = await rt.spawn(REC)
+        agent = AgentId.from_did(rec["id"])
+        await rt.deliver(message(rt, agent, "x"))
+        await settle(lambda: len(kinds.RECEIVED) == 1)
+        await rt.delete(agent)
+        assert not rt.hosts(agent)
+        assert await rt.deliver(message(rt, agent, "y")) == "not_here"
+        with pytest.raises(UnknownAgent):
+            await rt.delete(agent)
+        row = await rt.store.get_agent(agent.raw)
+        assert row is not None
+        assert row.lifecycle == "gone"
+        assert not row.secret
+
+
+async def test_done_deletes_the_agent(tmp_path: Path) -> None:
+    async with running(tmp_path) as rt:
+        (rec,) = await rt.spawn(REC)
+        agent = AgentId.from_did(rec["id"])
+        await rt.deliver(message(rt, agent, {"finish": True}))
+        await settle(lambda: not rt.hosts(agent))
+        assert rt.stats.deleted == 1
+
+
+async def test_ttl_deletes_the_agent(tmp_path: Path) -> None:
+    clock = Clock()
+    async with running(tmp_path, clock=clock, sweep_interval_s=0.02) as rt:
+        (short,) = await rt.spawn("echo", ttl_s=5)
+        (long,) = await rt.spawn("echo", ttl_s=500)
+        clock.now += 6_000
+        await settle(lambda: not rt.hosts(AgentId.from_did(short["id"])))
+        assert rt.hosts(AgentId.from_did(long["id"]))
+        assert rt.stats.expired == 1
+
+
+async def test_quotas(tmp_path: Path) -> None:
+    async with running(tmp_path, max_agents=10, spawn_rate=5, spawn_burst=8) as rt:
+        await rt.spawn("echo", count=8)
+        with pytest.raises(QuotaExceeded) as info:
+            await rt.spawn("echo", count=1)
+        assert info.value.reason == "spawn_rate"
+        with pytest.raises(QuotaExceeded) as info:
+            await rt.spawn("echo", count=3)
+        assert info.value.reason == "max_agents"
+        assert rt.stats.quota_refusals == {"spawn_rate": 1, "max_agents": 1}
+
+
+async def test_spawn_budget_of_parent_agents(tmp_path: Path) -> None:
+    async with running(tmp_path, default_budget=4) as rt:
+        (parent,) = await rt.spawn("tests.runtime.kinds_for_tests:Spawner")
+        agent = AgentId.from_did(parent["id"])
+        await rt.deliver(message(rt, agent, {"n": 2, "budget": 0}))
+        await settle(lambda: rt.counts()["total"] == 3)
+        assert (await rt.describe(agent))["budget"] == 2
+        await rt.deliver(message(rt, agent, {"n": 3, "budget": 0}))
+        await settle(lambda: rt.stats.quota_refusals.get("budget", 0) == 1)
+        assert rt.counts()["total"] == 5  # two more fitted, the third did not
+        children = await rt.list_agents(kind="echo")
+        assert {c["parent"] for c in children} == {parent["id"]}
+
+
+async def test_handler_errors_are_contained(tmp_path: Path) -> None:
+    async with running(tmp_path) as rt:
+        (bad,) = await rt.spawn("tests.runtime.kinds_for_tests:Crasher")
+        for _ in range(3):
+            await rt.deliver(message(rt, bad["id"], "x"))
+        await settle(lambda: rt.stats.handler_errors == 3)
+        (echo,) = await rt.spawn("echo")
+        assert await rt.deliver(message(rt, echo["id"], "x")) == "delivered"
+
+
+async def test_external_agents_queue_their_inbox(tmp_path: Path) -> None:
+    async with running(tmp_path) as rt:
+        (ext,) = await rt.spawn("external")
+        agent = AgentId.from_did(ext["id"])
+        assert rt.is_external(agent)
+        assert await rt.deliver(message(rt, agent, {"q": 1})) == "queued"
+        assert await rt.store.inbox_count(agent.raw) == 1
+        key = await rt.signing_key(agent)
+        assert key.agent_id == agent
+
+
+async def test_bad_arguments_are_clear(tmp_path: Path) -> None:
+    async with running(tmp_path) as rt:
+        with pytest.raises(KindError, match="unknown kind"):
+            await rt.spawn("nope")
+        with pytest.raises(KindError, match="cannot import"):
+            await rt.spawn("no.such.module:Agent")
+        with pytest.raises(AgentError, match="--count 1"):
+            await rt.spawn("echo", count=2, name="x")
+        with pytest.raises(AgentError, match="ttl"):
+            await rt.spawn("echo", ttl_s=-1)
+        with pytest.raises(AgentError, match="CBOR"):
+            await rt.spawn("echo", state={"x": object()})
+        (one,) = await rt.spawn("echo", name="solo")
+        assert (await rt.find_by_name("solo")).did == one["id"]
+        with pytest.raises(UnknownAgent):
+            await rt.find_by_name("nobody")
