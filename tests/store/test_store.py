@@ -20,7 +20,7 @@ import pytest
 import trio
 import trio.testing
 
-import meshd.store as store_module
+import meshd.store.schema as store_schema
 from meshd.store import (
     SCHEMA_VERSION,
     AgentGone,
@@ -533,8 +533,8 @@ async def test_migration_hook_upgrades_at_open(
         conn.execute("ALTER TABLE agents ADD COLUMN note TEXT")
 
     # A release with schema version 2 ships MIGRATIONS[1]; it runs once, at the next open.
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
-    monkeypatch.setitem(store_module.MIGRATIONS, SCHEMA_VERSION, add_column)
+    monkeypatch.setattr(store_schema, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    monkeypatch.setitem(store_schema.MIGRATIONS, SCHEMA_VERSION, add_column)
     async with Store(path) as store:
         assert await store.get_meta("schema_version") == b"%d" % (SCHEMA_VERSION + 1)
         assert await store.get_agent(aid(1)) is not None
