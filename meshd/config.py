@@ -1,0 +1,419 @@
+"""Daemon configuration: one frozen `Config`, validated once at start.
+
+Precedence, highest first: command-line flag > `MESHD_*` environment variable >
+`config.toml` in the data directory > built-in default. Every key is declared once in
+`_KEYS` (name, default, parser, help); the loader, the environment names and the
+commented `config.toml` that `meshd init` writes are all derived from that table, so
+they cannot drift apart. An invalid value raises `ConfigError` whose message names the
+source and the key, e.g. `config.toml: listen[0]: not a multiaddr: 'foo'`.
+
+Environment names are `MESHD_` + the key in upper case with dots as underscores
+(`connections.low_watermark` -> `MESHD_CONNECTIONS_LOW_WATERMARK`); lists are
+comma-separated, booleans are 1/0, true/false, yes/no, on/off.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from meshd.net.addrs import BootstrapAddr, parse_bootstrap_addr, parse_listen_addr
+from meshd.paths import CONFIG_FILE
+
+__all__ = [
+    "DEFAULT_LISTEN",
+    "Config",
+    "ConfigError",
+    "ConnectionSettings",
+    "DhtSettings",
+    "env_name",
+    "load_config",
+    "render_config_template",
+]
+
+DEFAULT_LISTEN = "/ip4/0.0.0.0/tcp/4001"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+
+
+class ConfigError(Exception):
+    """Invalid configuration; the message names the source and the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionSettings:
+    """Connection manager limits (see `connections.*` keys)."""
+
+    low_watermark: int = 8
+    high_watermark: int = 32
+    max: int = 64
+    dial_timeout_s: float = 5.0
+    auto_connect_interval_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class DhtSettings:
+    """Joining and refreshing the Kademlia DHT (see `dht.*` keys)."""
+
+    join_jitter_s: float = 1.0
+    fast_walk_s: float = 1.0
+    small_table: int = 8
+    small_table_walk_s: float = 10.0
+    walk_interval_s: float = 120.0
+    lookup_timeout_s: float = 10.0
+    max_parallel_dials: int = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything `meshd run` needs to know, checked and typed."""
+
+    listen: tuple[str, ...] = (DEFAULT_LISTEN,)
+    bootstrap: tuple[BootstrapAddr, ...] = ()
+    mdns: bool = False
+    log_level: str = "info"
+    log_format: str = "text"
+    api_tcp: str | None = None
+    connections: ConnectionSettings = ConnectionSettings()
+    dht: DhtSettings = DhtSettings()
+
+
+class _ItemError(ValueError):
+    """A list element is invalid: carries its index so the message can say `key[i]`."""
+
+    def __init__(self, index: int, message: str) -> None:
+        super().__init__(message)
+        self.index = index
+
+
+# -- value parsers: take a TOML/flag value (or an env string already split), return typed
+
+
+def _list_of(item: Callable[[object], Any]) -> Callable[[object], tuple[Any, ...]]:
+    def parse(value: object) -> tuple[Any, ...]:
+        if isinstance(value, str):
+            raise ValueError(f"expected a list of strings, got a single string {value!r}")
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"expected a list, got {type(value).__name__}")
+        out = []
+        for index, element in enumerate(value):
+            try:
+                out.append(item(element))
+            except ValueError as exc:
+                raise _ItemError(index, str(exc)) from exc
+        return tuple(out)
+
+    return parse
+
+
+def _bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _int(low: int, high: int) -> Callable[[object], int]:
+    def parse(value: object) -> int:
+        if isinstance(value, str):
+            try:
+                value = int(value.strip())
+            except ValueError:
+                raise ValueError(f"expected an integer, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer, got {value!r}")
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}, got {value}")
+        return value
+
+    return parse
+
+
+def _float(low: float, high: float) -> Callable[[object], float]:
+    def parse(value: object) -> float:
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise ValueError(f"expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"expected a number, got {value!r}")
+        number = float(value)
+        if not low <= number <= high:
+            raise ValueError(f"must be between {low:g} and {high:g}, got {number:g}")
+        return number
+
+    return parse
+
+
+def _choice(*choices: str) -> Callable[[object], str]:
+    def parse(value: object) -> str:
+        if not isinstance(value, str) or value.strip().lower() not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}; got {value!r}")
+        return value.strip().lower()
+
+    return parse
+
+
+def _loopback_hostport(value: object) -> str | None:
+    if not isinstance(value, str):
+        raise ValueError(f"expected 'host:port' text, got {value!r}")
+    text = value.strip()
+    if not text:
+        return None
+    host, sep, port_text = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"expected 'host:port' (e.g. 127.0.0.1:5001), got {value!r}")
+    if host != "localhost":
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ValueError(f"the API only listens on loopback addresses, got {host!r}")
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    name: str
+    default: Any  # as written in TOML
+    parse: Callable[[object], Any]
+    help: str
+    is_list: bool = False
+
+
+_KEYS: tuple[_Key, ...] = (
+    _Key(
+        "listen",
+        [DEFAULT_LISTEN],
+        _list_of(parse_listen_addr),
+        "TCP multiaddrs to listen on. Flag: --listen (repeatable).",
+        is_list=True,
+    ),
+    _Key(
+        "bootstrap",
+        [],
+        _list_of(parse_bootstrap_addr),
+        "Peers to join through, /ip4/<ip>/tcp/<port>/p2p/<peer id>. Flag: --bootstrap.",
+        is_list=True,
+    ),
+    _Key("mdns", False, _bool, "Find peers on the local network with mDNS. Flag: --mdns."),
+    _Key("log.level", "info", _choice(*LOG_LEVELS), "debug, info, warning or error."),
+    _Key("log.format", "text", _choice(*LOG_FORMATS), "text (one line per event) or json."),
+    _Key(
+        "api.tcp",
+        "",
+        _loopback_hostport,
+        "Also serve the control API on this loopback host:port (bearer token). Empty: off.",
+    ),
+    _Key(
+        "connections.low_watermark",
+        8,
+        _int(1, 10_000),
+        "Dial peers found through the DHT while holding fewer connections than this.",
+    ),
+    _Key(
+        "connections.high_watermark",
+        32,
+        _int(1, 10_000),
+        "Above this many connections py-libp2p prunes back toward the low watermark.",
+    ),
+    _Key("connections.max", 64, _int(1, 10_000), "Hard cap on connections."),
+    _Key("connections.dial_timeout_s", 5.0, _float(0.1, 120.0), "Give up a dial after this."),
+    _Key(
+        "connections.auto_connect_interval_s",
+        30.0,
+        _float(1.0, 3600.0),
+        "How often py-libp2p's connection manager tops connections up.",
+    ),
+    _Key(
+        "dht.join_jitter_s",
+        1.0,
+        _float(0.0, 60.0),
+        "Random delay before the first bootstrap dial, so nodes started together spread out.",
+    ),
+    _Key(
+        "dht.fast_walk_s",
+        1.0,
+        _float(0.05, 600.0),
+        "Interval between DHT random walks while they still find new peers.",
+    ),
+    _Key(
+        "dht.small_table",
+        8,
+        _int(0, 10_000),
+        "A routing table smaller than this counts as small: walks stay frequent.",
+    ),
+    _Key(
+        "dht.small_table_walk_s",
+        10.0,
+        _float(0.05, 3600.0),
+        "Longest interval between walks while the routing table is small.",
+    ),
+    _Key(
+        "dht.walk_interval_s",
+        120.0,
+        _float(0.05, 86_400.0),
+        "Longest interval between walks once the table is full and stable.",
+    ),
+    _Key("dht.lookup_timeout_s", 10.0, _float(0.1, 300.0), "Give up one DHT lookup after this."),
+    _Key("dht.max_parallel_dials", 4, _int(1, 256), "Dials running at once during discovery."),
+)
+_BY_NAME = {key.name: key for key in _KEYS}
+
+
+def env_name(key: str) -> str:
+    """The environment variable for a config key (`log.level` -> `MESHD_LOG_LEVEL`)."""
+    return "MESHD_" + key.upper().replace(".", "_")
+
+
+def _flatten(table: Mapping[str, Any], prefix: str, source: str) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for name, value in table.items():
+        full = f"{prefix}{name}"
+        if full in _BY_NAME:
+            flat[full] = value
+        elif isinstance(value, dict) and any(k.startswith(full + ".") for k in _BY_NAME):
+            flat.update(_flatten(value, full + ".", source))
+        else:
+            raise ConfigError(f"{source}: unknown key {full!r}")
+    return flat
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"{path}: cannot read: {reason}") from exc
+    try:
+        return _flatten(tomllib.loads(text), "", str(path))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+
+
+def _parse(key: _Key, value: object, source: str) -> Any:
+    try:
+        return key.parse(value)
+    except _ItemError as exc:
+        raise ConfigError(f"{source}: {key.name}[{exc.index}]: {exc}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {key.name}: {exc}") from exc
+
+
+def load_config(
+    data_dir: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, object] | None = None,
+) -> Config:
+    """Build the config: `flags` (key -> value; None or () = not given) > env > file > default."""
+    env = os.environ if env is None else env
+    path = data_dir / CONFIG_FILE
+    from_file = _read_toml(path)
+    values: dict[str, Any] = {}
+    for key in _KEYS:
+        value = _parse(key, key.default, "default")
+        if key.name in from_file:
+            value = _parse(key, from_file[key.name], str(path))
+        variable = env_name(key.name)
+        if variable in env:
+            raw: object = env[variable]
+            if key.is_list:
+                raw = [part.strip() for part in str(raw).split(",") if part.strip()]
+            value = _parse(key, raw, f"environment {variable}")
+        flag = (flags or {}).get(key.name)
+        if flag is not None and flag != ():
+            flag_name = "--" + key.name.replace("_", "-").replace(".", "-")
+            if key.is_list and isinstance(flag, list | tuple):
+                flag = list(flag)
+            value = _parse(key, flag, flag_name)
+        values[key.name] = value
+    for name in flags or {}:
+        if name not in _BY_NAME:
+            raise ConfigError(f"unknown config key {name!r}")
+    return _build(values)
+
+
+def _build(values: Mapping[str, Any]) -> Config:
+    connections = ConnectionSettings(
+        low_watermark=values["connections.low_watermark"],
+        high_watermark=values["connections.high_watermark"],
+        max=values["connections.max"],
+        dial_timeout_s=values["connections.dial_timeout_s"],
+        auto_connect_interval_s=values["connections.auto_connect_interval_s"],
+    )
+    if connections.high_watermark < connections.low_watermark:
+        raise ConfigError(
+            f"config: connections.high_watermark ({connections.high_watermark}) must be >= "
+            f"connections.low_watermark ({connections.low_watermark})"
+        )
+    if connections.max < connections.high_watermark:
+        raise ConfigError(
+            f"config: connections.max ({connections.max}) must be >= "
+            f"connections.high_watermark ({connections.high_watermark})"
+        )
+    if not values["listen"]:
+        raise ConfigError("config: listen: at least one listen address is needed")
+    return Config(
+        listen=values["listen"],
+        bootstrap=values["bootstrap"],
+        mdns=values["mdns"],
+        log_level=values["log.level"],
+        log_format=values["log.format"],
+        api_tcp=values["api.tcp"],
+        connections=connections,
+        dht=DhtSettings(
+            join_jitter_s=values["dht.join_jitter_s"],
+            fast_walk_s=values["dht.fast_walk_s"],
+            small_table=values["dht.small_table"],
+            small_table_walk_s=values["dht.small_table_walk_s"],
+            walk_interval_s=values["dht.walk_interval_s"],
+            lookup_timeout_s=values["dht.lookup_timeout_s"],
+            max_parallel_dials=values["dht.max_parallel_dials"],
+        ),
+    )
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    # JSON strings and arrays of strings are valid TOML basic strings and arrays.
+    return json.dumps(value)
+
+
+def render_config_template() -> str:
+    """The commented `config.toml` that `meshd init` writes: every key, at its default."""
+    lines = [
+        "# meshd configuration: every key is listed, commented out, at its default value.",
+        "# Uncomment a line to change it. Precedence: command-line flag > MESHD_* environment",
+        "# variable > this file > default. Environment names are MESHD_ + the key in upper",
+        "# case with dots as underscores (MESHD_LOG_LEVEL=debug); lists are comma-separated.",
+        "",
+    ]
+    section = ""
+    for key in _KEYS:
+        table, _, leaf = key.name.rpartition(".")
+        if table != section:
+            lines += ["", f"[{table}]"]
+            section = table
+        lines.append(f"# {key.help} [env {env_name(key.name)}]")
+        lines.append(f"# {leaf} = {_toml_value(key.default)}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,318 @@
+"""Joining and growing the mesh: bootstrap dials, routing-table upkeep, random walks.
+
+py-libp2p's `KadDHT` answers queries but does little to join a mesh (LIBP2P.md):
+connected peers are not added to its routing table, refresh runs every 10 minutes, and a
+node serves at most 12 DHT streams at once, resetting the rest (the querier then drops
+that peer from its table). So this service:
+
+- waits a random jitter before the first bootstrap dial, so that many nodes started
+  together do not all hit the seed within the same few milliseconds;
+- adds each connected peer to the routing table once identify shows it speaks our
+  Kademlia id (and re-adds connected peers the table lost after a reset stream);
+- walks the DHT (a lookup of our own id, then of random peer ids) quickly while the
+  table is small or still growing, backing off exponentially once nothing new turns up;
+- dials peers the walks found while we hold fewer connections than the low watermark,
+  with a per-peer backoff, and drops unreachable peers from the routing table;
+- redials the bootstrap peers while it has no connection at all (seeds not up yet, or
+  everyone lost), backing off from 2 s to at most 15 s.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import trio
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.peer.peerstore import PeerStoreError
+from multiaddr import Multiaddr
+
+from meshd.net.addrs import BootstrapAddr
+from meshd.net.kad import KAD_PROTOCOL_ID
+from meshd.net.types import BootstrapDone, NetEvent, RoutingTableChanged
+
+if TYPE_CHECKING:
+    # trio 0.35 ships TaskStatus, but libp2p pulls in trio-typing whose trio-stubs (which
+    # mypy prefers) lack it; trio_typing.TaskStatus is the same type for both.
+    from trio_typing import TaskStatus
+
+__all__ = ["Discovery", "DiscoverySettings"]
+
+log = logging.getLogger("meshd.net.discovery")
+
+# A random key shaped like an Ed25519 PeerID (identity multihash of a protobuf key), so
+# that it passes py-libp2p's FIND_NODE key check (multihash, or at most 50 bytes).
+_PEER_ID_PREFIX = b"\x00\x24\x08\x01\x12\x20"
+_IDENTIFY_WAIT_S = 5.0
+_IDENTIFY_POLL_S = 0.05
+_MAX_ADMITTING = 16
+_TABLE_POLL_S = 0.5
+_MAX_DIAL_BACKOFF_S = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoverySettings:
+    """Timing and sizes of discovery (see `meshd.config` for their meaning and defaults)."""
+
+    join_jitter_s: float = 1.0
+    fast_walk_s: float = 1.0
+    small_table: int = 8
+    small_table_walk_s: float = 10.0
+    walk_interval_s: float = 120.0
+    lookup_timeout_s: float = 10.0
+    low_watermark: int = 8
+    dial_timeout_s: float = 5.0
+    max_parallel_dials: int = 4
+    bootstrap_retry_s: float = 2.0
+    bootstrap_retry_max_s: float = 15.0
+
+
+def _short(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+class Discovery:
+    """Keeps a node joined to the mesh; one instance per network, run with `serve`."""
+
+    def __init__(
+        self,
+        host: Any,
+        dht: Any,
+        bootstrap: Sequence[BootstrapAddr],
+        settings: DiscoverySettings,
+        emit: Callable[[NetEvent], None],
+        counters: Counter[str],
+        rng: random.Random | None = None,
+    ) -> None:
+        self._host = host
+        self._dht = dht
+        self._bootstrap = tuple(bootstrap)
+        self._settings = settings
+        self._emit = emit
+        self._counters = counters
+        self._rng = rng or random.Random(os.urandom(16))
+        self._self_id = host.get_id()
+        self._admit_send, self._admit_recv = trio.open_memory_channel[Any](256)
+        # peer -> (consecutive failures, trio time before which we do not redial)
+        self._backoff: dict[Any, tuple[int, float]] = {}
+
+    # -- called by the network's notifee (synchronously, never blocks) ----------------
+
+    def peer_connected(self, peer_id: Any) -> None:
+        """Queue a newly connected peer for the routing table (dropped and counted if full)."""
+        self._backoff.pop(peer_id, None)
+        try:
+            self._admit_send.send_nowait(peer_id)
+        except trio.WouldBlock:
+            # The upkeep loop re-adds connected peers, so a dropped admission only delays.
+            self._counters["admissions_dropped"] += 1
+
+    # -- the service ----------------------------------------------------------------
+
+    async def serve(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run discovery until cancelled."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._admit_loop)
+            nursery.start_soon(self._watch_table)
+            task_status.started()
+            await trio.sleep(self._rng.uniform(0.0, self._settings.join_jitter_s))
+            await self.join()
+            await self._walk_loop()
+
+    async def join(self) -> BootstrapDone:
+        """Dial every bootstrap peer (bounded in parallel and time) and report the result."""
+        connected: list[str] = []
+        failed: list[tuple[str, str]] = []
+        limiter = trio.CapacityLimiter(self._settings.max_parallel_dials)
+
+        async def dial_one(seed: BootstrapAddr) -> None:
+            async with limiter:
+                try:
+                    info = info_from_p2p_addr(Multiaddr(seed.addr))
+                    await self._dial(info)
+                except Exception as exc:
+                    failed.append((seed.addr, _short(exc)))
+                else:
+                    connected.append(seed.addr)
+
+        async with trio.open_nursery() as nursery:
+            for seed in self._bootstrap:
+                nursery.start_soon(dial_one, seed)
+        result = BootstrapDone(connected=tuple(connected), failed=tuple(failed))
+        self._counters["bootstrap_rounds"] += 1
+        self._emit(result)
+        return result
+
+    async def _dial(self, info: Any) -> None:
+        if info.peer_id == self._self_id:
+            raise ValueError("that is our own peer id")
+        # py-libp2p refuses, for 60 s, to redial a peer whose addresses all failed once
+        # (its "negative cache"): a seed that was not up yet when we started would stay
+        # out of reach for a minute. We pace redials with our own backoff instead.
+        self._host.get_network().unblock_peer(info.peer_id)
+        with trio.fail_after(self._settings.dial_timeout_s):
+            await self._host.connect(info)
+        self._counters["dials_ok"] += 1
+
+    # -- routing table admission -------------------------------------------------------
+
+    async def _admit_loop(self) -> None:
+        slots = trio.Semaphore(_MAX_ADMITTING)
+        admitting: set[Any] = set()
+        async with trio.open_nursery() as nursery:
+            async for peer_id in self._admit_recv:
+                if peer_id in admitting:
+                    continue
+                await slots.acquire()
+                admitting.add(peer_id)
+                nursery.start_soon(self._admit, peer_id, slots, admitting)
+
+    async def _admit(self, peer_id: Any, slots: trio.Semaphore, admitting: set[Any]) -> None:
+        try:
+            protocols = await self._wait_identified(peer_id)
+            if protocols is None:
+                self._counters["identify_timeouts"] += 1
+                return
+            if KAD_PROTOCOL_ID not in protocols:
+                # Not a meshd DHT server (a client, or another network): keep it off the table.
+                self._counters["peers_without_kad"] += 1
+                return
+            if await self._dht.add_peer(peer_id):
+                self._counters["table_admissions"] += 1
+        finally:
+            admitting.discard(peer_id)
+            slots.release()
+
+    async def _wait_identified(self, peer_id: Any) -> list[str] | None:
+        peerstore = self._host.get_peerstore()
+        with trio.move_on_after(_IDENTIFY_WAIT_S):
+            while True:
+                try:
+                    protocols = peerstore.get_protocols(peer_id)
+                except PeerStoreError:  # not in the peerstore yet
+                    protocols = []
+                if protocols:
+                    return [str(p) for p in protocols]
+                if peer_id not in self._host.get_connected_peers():
+                    return None
+                await trio.sleep(_IDENTIFY_POLL_S)
+        return None
+
+    def _readmit_connected(self) -> None:
+        table = self._dht.routing_table
+        for peer_id in self._host.get_connected_peers():
+            if not table.peer_in_table(peer_id):
+                self.peer_connected(peer_id)
+
+    async def _watch_table(self) -> None:
+        last = 0
+        while True:
+            size = int(self._dht.get_routing_table_size())
+            if size != last:
+                self._emit(RoutingTableChanged(size=size, previous=last))
+                last = size
+            await trio.sleep(_TABLE_POLL_S)
+
+    # -- walks and dials ---------------------------------------------------------------
+
+    def _known(self) -> set[Any]:
+        known = set(self._dht.routing_table.get_peer_ids())
+        known.update(self._host.get_connected_peers())
+        return known
+
+    async def _walk_loop(self) -> None:
+        settings = self._settings
+        interval = settings.fast_walk_s
+        next_join = trio.current_time() + settings.bootstrap_retry_s
+        join_wait = settings.bootstrap_retry_s
+        first = True
+        while True:
+            isolated = bool(self._bootstrap) and not self._host.get_connected_peers()
+            if isolated and trio.current_time() >= next_join:
+                # Alone (seeds not up yet, or we lost everyone): try the seeds again, with
+                # a backoff capped low enough that a late seed is found within seconds.
+                result = await self.join()
+                join_wait = (
+                    settings.bootstrap_retry_s
+                    if result.connected
+                    else min(join_wait * 2, settings.bootstrap_retry_max_s)
+                )
+                next_join = trio.current_time() + join_wait * self._rng.uniform(0.75, 1.25)
+            self._readmit_connected()
+            before = self._known()
+            await self._walk(self._self_id.to_bytes() if first else self._random_key())
+            first = False
+            await self._dial_discovered()
+            grew = bool(self._known() - before)
+            small = self._dht.get_routing_table_size() < settings.small_table
+            if grew:
+                interval = settings.fast_walk_s
+            else:
+                cap = settings.small_table_walk_s if small else settings.walk_interval_s
+                interval = min(interval * 2, cap)
+            delay = interval * self._rng.uniform(0.75, 1.25)
+            if isolated:
+                delay = min(delay, max(next_join - trio.current_time(), 0.0))
+            await trio.sleep(delay)
+
+    def _random_key(self) -> bytes:
+        return _PEER_ID_PREFIX + self._rng.randbytes(32)
+
+    async def _walk(self, key: bytes) -> None:
+        self._counters["walks"] += 1
+        try:
+            with trio.move_on_after(self._settings.lookup_timeout_s) as scope:
+                await self._dht.peer_routing.find_closest_peers_network(key)
+            if scope.cancelled_caught:
+                self._counters["walk_timeouts"] += 1
+        except Exception as exc:
+            self._counters["walk_errors"] += 1
+            log.debug("DHT walk failed: %s", _short(exc))
+
+    async def _dial_discovered(self) -> None:
+        need = self._settings.low_watermark - len(self._host.get_connected_peers())
+        if need <= 0:
+            return
+        now = trio.current_time()
+        connected = set(self._host.get_connected_peers())
+        peerstore = self._host.get_peerstore()
+        candidates = [
+            peer_id
+            for peer_id in dict.fromkeys(
+                [*self._dht.routing_table.get_peer_ids(), *peerstore.peers_with_addrs()]
+            )
+            if peer_id != self._self_id
+            and peer_id not in connected
+            and self._backoff.get(peer_id, (0, 0.0))[1] <= now
+        ]
+        self._rng.shuffle(candidates)
+        limiter = trio.CapacityLimiter(self._settings.max_parallel_dials)
+
+        async def dial_one(peer_id: Any) -> None:
+            async with limiter:
+                try:
+                    addrs = peerstore.addrs(peer_id)
+                    await self._dial(PeerInfo(peer_id, addrs))
+                except Exception as exc:
+                    self._dial_failed(peer_id, exc)
+
+        async with trio.open_nursery() as nursery:
+            for peer_id in candidates[:need]:
+                nursery.start_soon(dial_one, peer_id)
+
+    def _dial_failed(self, peer_id: Any, exc: BaseException) -> None:
+        self._counters["dials_failed"] += 1
+        failures = self._backoff.get(peer_id, (0, 0.0))[0] + 1
+        delay = min(5.0 * 2 ** (failures - 1), _MAX_DIAL_BACKOFF_S)
+        self._backoff[peer_id] = (failures, trio.current_time() + delay)
+        # Unreachable peers only slow every later lookup down: take them off the table.
+        if self._dht.routing_table.remove_peer(peer_id):
+            self._counters["table_evictions"] += 1
+        log.debug("dial %s failed (%d in a row): %s", peer_id, failures, _short(exc))
+

@@ -1,0 +1,302 @@
+"""`Libp2pNetwork`: the `Network` a daemon runs, over py-libp2p (TCP, Noise, yamux, Kademlia).
+
+It owns the host, the DHT (server mode, `/meshd/kad/1.0.0`, `/ma/` validator, strict
+namespaces) and the discovery service, all inside the nursery of `serve`. Connection
+events come from a swarm notifee; they update our own table of connected peers (with
+the trio time each connected) and go to the node as `NetEvent`s over a bounded channel
+with `send_nowait`, because a notifee runs inline in py-libp2p's connection path and
+must never wait on us. Events that do not fit are counted, never silently lost.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections import Counter
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import trio
+from libp2p.abc import INotifee
+from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.peer.peerstore import PeerStoreError
+from libp2p.rcmgr import Direction
+from libp2p.tools.anyio_service import background_trio_service
+from multiaddr import Multiaddr
+
+from meshd.clock import WallClock, wall_ms
+from meshd.net.addrs import BootstrapAddr
+from meshd.net.discovery import Discovery, DiscoverySettings
+from meshd.net.host import HostLimits, build_host
+from meshd.net.kad import install_kad_protocol_id
+from meshd.net.types import (
+    Listening,
+    NetEvent,
+    NetworkError,
+    PeerConnected,
+    PeerDisconnected,
+    PeerSnapshot,
+)
+from meshd.net.validator import AGENT_RECORD_NAMESPACE, AgentRecordValidator
+
+if TYPE_CHECKING:
+    # trio 0.35 ships TaskStatus, but libp2p pulls in trio-typing whose trio-stubs (which
+    # mypy prefers) lack it; trio_typing.TaskStatus is the same type for both.
+    from trio_typing import TaskStatus
+
+__all__ = ["Libp2pNetwork"]
+
+log = logging.getLogger("meshd.net")
+
+_CLOSE_TIMEOUT_S = 2.0
+_RECONCILE_S = 1.0
+
+
+class _Notifee(INotifee):
+    """Forwards swarm connection events to the network (the rest is ignored)."""
+
+    def __init__(self, network: Libp2pNetwork) -> None:
+        self._network = network
+
+    async def connected(self, network: Any, conn: Any) -> None:
+        self._network._on_connected(conn)
+
+    async def disconnected(self, network: Any, conn: Any) -> None:
+        self._network._on_disconnected(conn)
+
+    async def opened_stream(self, network: Any, stream: Any) -> None:
+        return None
+
+    async def closed_stream(self, network: Any, stream: Any) -> None:
+        return None
+
+    async def listen(self, network: Any, multiaddr: Any) -> None:
+        return None
+
+    async def listen_close(self, network: Any, multiaddr: Any) -> None:
+        return None
+
+
+def _bind_error(addr: str) -> str | None:
+    """Try to bind `addr` ourselves (no SO_REUSEPORT); return why it failed, or None."""
+    maddr = Multiaddr(addr)
+    names = [p.name for p in maddr.protocols()]
+    family = socket.AF_INET6 if "ip6" in names else socket.AF_INET
+    host = maddr.value_for_protocol(names[0])
+    port = int(maddr.value_for_protocol("tcp"))
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # SO_REUSEADDR only lets us past connections in TIME_WAIT; a live listener
+        # still makes the bind fail, which is what we want to find out.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return "address already in use (is another daemon listening there?)"
+            return exc.strerror or str(exc)
+    return None
+
+
+def _check_listen_addrs(addrs: Sequence[str]) -> None:
+    """Refuse listen addresses whose port is taken, before py-libp2p binds them.
+
+    py-libp2p opens its TCP listeners with SO_REUSEPORT (for hole punching), so a
+    second meshd daemon on the same port would *share* it with the first, the kernel
+    splitting incoming connections between them, instead of failing. Our probe binds
+    without SO_REUSEPORT, which fails against any listener, theirs included.
+    """
+    failures = [(addr, _bind_error(addr)) for addr in addrs if not addr.endswith("/tcp/0")]
+    reasons = [f"{addr}: {error}" for addr, error in failures if error]
+    if reasons:
+        raise NetworkError(f"cannot listen on {'; '.join(reasons)}")
+
+
+class Libp2pNetwork:
+    """A meshd network over py-libp2p; see `meshd.net.types.Network`."""
+
+    def __init__(
+        self,
+        seed: bytes,
+        *,
+        listen: Sequence[str],
+        bootstrap: Sequence[BootstrapAddr] = (),
+        mdns: bool = False,
+        limits: HostLimits | None = None,
+        discovery: DiscoverySettings | None = None,
+        wall_clock: WallClock = wall_ms,
+    ) -> None:
+        install_kad_protocol_id()
+        self._listen = [Multiaddr(addr) for addr in listen]
+        self._limits = limits or HostLimits()
+        self._host = build_host(seed, self._limits, mdns=mdns)
+        self.validator = AgentRecordValidator(wall_clock)
+        # Strict: a key outside /pk/, /ipns/ and /ma/ is refused, not stored unchecked.
+        self._dht = KadDHT(self._host, DHTMode.SERVER, strict_validation=True)
+        self._dht.register_validator(AGENT_RECORD_NAMESPACE, self.validator)
+        self._counters: Counter[str] = Counter()
+        self._events: trio.MemorySendChannel[NetEvent] | None = None
+        # peer -> trio time we first saw a live connection to it
+        self._since: dict[Any, float] = {}
+        self._discovery = Discovery(
+            self._host,
+            self._dht,
+            bootstrap,
+            discovery or DiscoverySettings(low_watermark=self._limits.low_watermark),
+            self._emit,
+            self._counters,
+        )
+        self._notifee = _Notifee(self)
+
+    # -- Network interface ------------------------------------------------------------
+
+    @property
+    def peer_id(self) -> str:
+        """This node's PeerID (base58 text)."""
+        return str(self._host.get_id())
+
+    @property
+    def host(self) -> Any:
+        """The py-libp2p host (for tests and benchmarks inside meshd.net only)."""
+        return self._host
+
+    @property
+    def dht(self) -> Any:
+        """The py-libp2p `KadDHT` (for later services in meshd.net: records, providers)."""
+        return self._dht
+
+    def listen_addrs(self) -> list[str]:
+        """The addresses we listen on, each ending in `/p2p/<our id>`."""
+        return [str(addr) for addr in self._host.get_addrs()]
+
+    def connected_peers(self) -> list[PeerSnapshot]:
+        """The peers we hold a connection to now."""
+        peerstore = self._host.get_peerstore()
+        snapshots = []
+        for peer_id, since in self._since.items():
+            if not self._is_live(peer_id):
+                continue  # closed a moment ago; `_reconcile` will report it
+            try:
+                addrs = tuple(str(addr) for addr in peerstore.addrs(peer_id))
+            except PeerStoreError:
+                addrs = ()
+            snapshots.append(PeerSnapshot(str(peer_id), addrs, since))
+        return snapshots
+
+    def routing_table_size(self) -> int:
+        """How many peers the DHT routing table holds."""
+        return int(self._dht.get_routing_table_size())
+
+    def known_peers(self) -> int:
+        """How many other peers we know an address for."""
+        me = self._host.get_id()
+        return sum(1 for p in self._host.get_peerstore().peers_with_addrs() if p != me)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: dials, walks, table admissions, rejected records, dropped events."""
+        out: dict[str, Any] = dict(sorted(self._counters.items()))
+        out["records_rejected"] = dict(self.validator.rejected)
+        return out
+
+    async def serve(
+        self,
+        events: trio.MemorySendChannel[NetEvent],
+        *,
+        task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen, start the DHT and discovery, report `started()`, run until cancelled."""
+        self._events = events
+        network = self._host.get_network()
+        network.register_notifee(self._notifee)
+        _check_listen_addrs([str(addr) for addr in self._listen])
+        async with self._host.run(self._listen):
+            # py-libp2p logs a failed listen and carries on; we refuse to run deaf.
+            missing = [str(a) for a in self._listen if str(a) not in network.listeners]
+            if missing:
+                reasons = [f"{a}: {_bind_error(a) or 'refused by py-libp2p'}" for a in missing]
+                raise NetworkError(f"cannot listen on {'; '.join(reasons)}")
+            async with background_trio_service(self._dht), trio.open_nursery() as nursery:
+                await nursery.start(self._discovery.serve)
+                nursery.start_soon(self._reconcile)
+                self._emit(Listening(tuple(self.listen_addrs())))
+                task_status.started()
+                await trio.sleep_forever()
+
+    async def close(self) -> None:
+        """Close every connection (bounded in time) so peers see us leave at once."""
+        network = self._host.get_network()
+
+        async def close_one(peer_id: Any) -> None:
+            try:
+                await network.close_peer(peer_id)
+            except Exception as exc:
+                self._counters["close_errors"] += 1
+                log.debug("closing connection to %s failed: %s", peer_id, exc)
+
+        # In parallel: py-libp2p sleeps 0.1 s in every connection's teardown.
+        with trio.move_on_after(_CLOSE_TIMEOUT_S) as scope:
+            async with trio.open_nursery() as nursery:
+                for peer_id in list(network.connections):
+                    nursery.start_soon(close_one, peer_id)
+        if scope.cancelled_caught:
+            self._counters["close_timeouts"] += 1
+
+    # -- connection state -----------------------------------------------------------------
+    #
+    # The swarm's table of live connections is the truth; notifee calls only tell us to
+    # look again. They can arrive out of order (a connection trimmed as a duplicate may
+    # report "disconnected" before its "connected"), so each one is checked against the
+    # table, and `_reconcile` rechecks everything every second in case a call was lost.
+
+    def _emit(self, event: NetEvent) -> None:
+        if self._events is None:
+            return
+        try:
+            self._events.send_nowait(event)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            self._counters["events_dropped"] += 1
+
+    def _is_live(self, peer_id: Any) -> bool:
+        connections = self._host.get_network().connections.get(peer_id, ())
+        return any(not conn.is_closed for conn in connections)
+
+    def _on_connected(self, conn: Any) -> None:
+        peer_id = conn.muxed_conn.peer_id
+        if peer_id in self._since or conn.is_closed:
+            return
+        self._since[peer_id] = trio.current_time()
+        addrs = conn.get_transport_addresses()
+        self._counters["peers_connected"] += 1
+        self._emit(
+            PeerConnected(
+                peer_id=str(peer_id),
+                addr=str(addrs[0]) if addrs else "",
+                inbound=conn.direction == Direction.INBOUND,
+            )
+        )
+        self._discovery.peer_connected(peer_id)
+
+    def _on_disconnected(self, conn: Any) -> None:
+        peer_id = conn.muxed_conn.peer_id
+        if peer_id in self._since and not self._is_live(peer_id):
+            self._peer_gone(peer_id)
+
+    def _peer_gone(self, peer_id: Any) -> None:
+        since = self._since.pop(peer_id)
+        self._counters["peers_disconnected"] += 1
+        self._emit(
+            PeerDisconnected(peer_id=str(peer_id), connected_for_s=trio.current_time() - since)
+        )
+
+    async def _reconcile(self) -> None:
+        network = self._host.get_network()
+        while True:
+            await trio.sleep(_RECONCILE_S)
+            for peer_id in [p for p in self._since if not self._is_live(p)]:
+                self._counters["missed_disconnects"] += 1
+                self._peer_gone(peer_id)
+            for peer_id, connections in list(network.connections.items()):
+                live = [conn for conn in connections if not conn.is_closed]
+                if live and peer_id not in self._since:
+                    self._counters["missed_connects"] += 1
+                    self._on_connected(live[0])
