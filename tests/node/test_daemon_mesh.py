@@ -43,6 +43,14 @@ def test_five_daemons_one_bootstrap(daemons: Daemons) -> None:
             assert peer["addrs"], peer
             assert peer["connected_for_s"] >= 0
 
+    # The command line shows the same: `meshd peers --json` on the seed lists the others.
+    listed = daemons.cli("peers", "--json", "--data-dir", str(seed.data_dir))
+    assert listed.returncode == 0, listed.stderr
+    listed_ids = {peer["peer_id"] for peer in json.loads(listed.stdout)}
+    assert len(listed_ids & (ids - {seed.peer_id})) >= 3
+    shown = daemons.cli("id", "--json", "--data-dir", str(seed.data_dir))
+    assert json.loads(shown.stdout)["peer_id"] == seed.peer_id
+
     # The json-logging node wrote only JSON objects, and logged its peers.
     lines = others[0].log_text().splitlines()
     events = [json.loads(line) for line in lines if line.startswith("{")]
