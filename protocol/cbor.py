@@ -31,7 +31,9 @@ __all__ = [
 
 _SIG_ENTRY = b"\x00\x58\x40"  # key 0, byte string of length 64
 _MAX_SMALL_MAP = 23  # maps with more entries need a longer header; ours never do
-_INT_ONLY = {int}
+_INT_ONLY = frozenset({int})
+# The header of a small map with one entry fewer, by the original header byte.
+_SHORTER_HEADER = {h: bytes((h - 1,)) for h in range(0xA1, 0xA0 + _MAX_SMALL_MAP + 1)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,20 +135,15 @@ _STRINGS = frozenset({str, bytes})
 def check_plain(obj: Any, limits: DecodeLimits = DEFAULT_LIMITS) -> None:
     """Refuse anything but plain CBOR data (no tags, no simple values, no odd keys), bounded."""
     max_str, max_items, max_depth = limits.max_str, limits.max_items, limits.max_depth
-    # An explicit stack with scalars checked inline: this runs on every received message.
-    stack: list[tuple[Any, int]] = [(obj, 0)]
-    while stack:
-        item, depth = stack.pop()
+    # An explicit stack, scalars checked inline and containers only pushed: this runs on every
+    # received message, whose bodies are mostly one flat map.
+    stack: list[tuple[Any, int]] = []
+    item, depth = obj, 0
+    while True:
         kind = type(item)
-        if kind in _STRINGS:
-            if len(item) > max_str:
-                raise RemoteProtocolError(RejectReason.MALFORMED, "string too long")
-            continue
-        if kind in _SCALARS:
-            continue
-        if depth >= max_depth:
-            raise RemoteProtocolError(RejectReason.MALFORMED, "nested too deeply")
         if kind is dict:
+            if depth >= max_depth:
+                raise RemoteProtocolError(RejectReason.MALFORMED, "nested too deeply")
             if len(item) > max_items:
                 raise RemoteProtocolError(RejectReason.MALFORMED, "map too long")
             for key, value in item.items():
@@ -165,11 +162,25 @@ def check_plain(obj: Any, limits: DecodeLimits = DEFAULT_LIMITS) -> None:
                 elif value_kind not in _SCALARS:
                     stack.append((value, depth + 1))
         elif kind is list:
+            if depth >= max_depth:
+                raise RemoteProtocolError(RejectReason.MALFORMED, "nested too deeply")
             if len(item) > max_items:
                 raise RemoteProtocolError(RejectReason.MALFORMED, "array too long")
-            stack.extend((value, depth + 1) for value in item)
-        else:
+            for value in item:
+                value_kind = type(value)
+                if value_kind in _STRINGS:
+                    if len(value) > max_str:
+                        raise RemoteProtocolError(RejectReason.MALFORMED, "string too long")
+                elif value_kind not in _SCALARS:
+                    stack.append((value, depth + 1))
+        elif kind in _STRINGS:
+            if len(item) > max_str:
+                raise RemoteProtocolError(RejectReason.MALFORMED, "string too long")
+        elif kind not in _SCALARS:
             raise RemoteProtocolError(RejectReason.MALFORMED, f"CBOR item of type {kind.__name__}")
+        if not stack:
+            return
+        item, depth = stack.pop()
 
 
 def dumps_canonical(obj: Any) -> bytes:
@@ -190,9 +201,16 @@ def encode_signed_map(domain: bytes, fields: dict[int, Any], key: SigningKey) ->
 
 
 def decode_signed_map(
-    data: bytes, domain: bytes, limits: DecodeLimits = DEFAULT_LIMITS
+    data: bytes,
+    domain: bytes,
+    limits: DecodeLimits = DEFAULT_LIMITS,
+    layouts: frozenset[tuple[int, ...]] | None = None,
 ) -> tuple[dict[int, Any], bytes, bytes]:
-    """Decode a signed map; return (fields without key 0, signed bytes, signature)."""
+    """Decode a signed map; return (fields without key 0, signed bytes, signature).
+
+    `layouts`, when given, lists every valid key sequence (0 first, ascending): a map with any
+    other keys is refused here, so the caller need not check for missing or unknown fields.
+    """
     obj = loads_strict(data, limits)
     if type(data) is not bytes:
         data = bytes(data)
@@ -206,13 +224,23 @@ def decode_signed_map(
             RejectReason.MALFORMED, "signature must be the first entry of a small map"
         )
     keys = tuple(obj)
-    # Types first: bool keys would compare equal to 0 and 1, and mixed types do not sort.
-    if set(map(type, keys)) != _INT_ONLY or keys != tuple(sorted(keys)):
-        raise RemoteProtocolError(
-            RejectReason.MALFORMED, "map keys must be ascending unsigned integers"
-        )
+    # Types first: bool and float keys compare equal to ints, and mixed types do not sort.
+    if not _INT_ONLY.issuperset(map(type, keys)):
+        raise RemoteProtocolError(RejectReason.MALFORMED, "map keys must be unsigned integers")
+    if layouts is not None:
+        if keys not in layouts:  # one lookup checks order, presence and absence at once
+            shortest: tuple[int, ...] = min(layouts, key=len)
+            missing = sorted(set(shortest) - set(keys))
+            extra = sorted(set(keys) - set().union(*layouts))
+            order = "" if keys == tuple(sorted(keys)) else ", keys out of order"
+            raise RemoteProtocolError(
+                RejectReason.MALFORMED,
+                f"missing fields {missing}, unknown fields {extra}{order}",
+            )
+    elif keys != tuple(sorted(keys)):
+        raise RemoteProtocolError(RejectReason.MALFORMED, "map keys must be in ascending order")
     signature = obj.pop(0)
     if type(signature) is not bytes or len(signature) != SIGNATURE_LEN:  # pragma: no cover
         raise RemoteProtocolError(RejectReason.MALFORMED, "signature must be 64 bytes")
-    signed = domain + bytes((header - 1,)) + data[4 + SIGNATURE_LEN :]
+    signed = domain + _SHORTER_HEADER[header] + data[4 + SIGNATURE_LEN :]
     return obj, signed, signature

@@ -48,6 +48,12 @@ _K_VERSION, _K_FROM, _K_TO, _K_ID, _K_CREATED, _K_EXPIRES = 1, 2, 3, 4, 5, 6
 _K_KIND, _K_BODY, _K_REPLY_TO, _K_TRACE = 7, 8, 9, 10
 _REQUIRED = frozenset({_K_VERSION, _K_FROM, _K_TO, _K_ID, _K_CREATED, _K_EXPIRES, _K_KIND, _K_BODY})
 _KNOWN = _REQUIRED | {_K_REPLY_TO, _K_TRACE}
+_N_REQUIRED = len(_REQUIRED)
+# Every valid key sequence of an envelope map, signature (0) first.
+_LAYOUTS = frozenset(
+    (0, *sorted(_REQUIRED | optional))
+    for optional in (set(), {_K_REPLY_TO}, {_K_TRACE}, {_K_REPLY_TO, _K_TRACE})
+)
 _MAX_MS = 2**53
 _FLAT = (
     int,
@@ -140,28 +146,42 @@ class Envelope(NamedTuple):
     @classmethod
     def decode(cls, frame: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> Envelope:
         """Parse and check the structure of a wire envelope (the signature is not checked)."""
-        fields, signed, signature = decode_signed_map(frame, ENVELOPE_DOMAIN, limits)
-        version = fields.get(_K_VERSION)
-        if type(version) is not int:
-            raise RemoteProtocolError(RejectReason.MALFORMED, "version missing")
-        if version != ENVELOPE_VERSION:
+        try:
+            fields, signed, signature = decode_signed_map(frame, ENVELOPE_DOMAIN, limits, _LAYOUTS)
+        except RemoteProtocolError as exc:
+            # A later version may have other fields: say unknown_version, not malformed.
+            if exc.reason is RejectReason.MALFORMED:
+                version = _version_of(frame, limits)
+                if version is not None and version != ENVELOPE_VERSION:
+                    raise RemoteProtocolError(
+                        RejectReason.UNKNOWN_VERSION, f"envelope version {version}"
+                    ) from exc
+            raise
+        version = fields[_K_VERSION]  # present: the layouts require it
+        if version != ENVELOPE_VERSION or type(version) is not int:
+            if type(version) is not int:
+                raise RemoteProtocolError(RejectReason.MALFORMED, "version must be an integer")
             raise RemoteProtocolError(RejectReason.UNKNOWN_VERSION, f"envelope version {version}")
         _check_fields(fields, limits)
         to = fields[_K_TO]
-        # Positional: this runs once per received message and keywords cost measurably.
-        return cls(
-            AgentId(fields[_K_FROM]),
-            AgentId(to) if type(to) is bytes else to,
-            fields[_K_ID],
-            fields[_K_CREATED],
-            fields[_K_EXPIRES],
-            fields[_K_KIND],
-            fields[_K_BODY],
-            fields.get(_K_REPLY_TO),
-            fields.get(_K_TRACE),
-            signature,
-            bytes(frame),
-            signed,
+        # tuple.__new__ with positions: this runs once per received message, and the
+        # NamedTuple's keyword-handling constructor costs measurably more.
+        return tuple.__new__(
+            cls,
+            (
+                AgentId._checked(fields[_K_FROM]),
+                AgentId._checked(to) if type(to) is bytes else to,
+                fields[_K_ID],
+                fields[_K_CREATED],
+                fields[_K_EXPIRES],
+                fields[_K_KIND],
+                fields[_K_BODY],
+                fields.get(_K_REPLY_TO),
+                fields.get(_K_TRACE),
+                signature,
+                bytes(frame),
+                signed,
+            ),
         )
 
     def signature_valid(self) -> bool:
@@ -217,21 +237,28 @@ class Envelope(NamedTuple):
         )
 
 
+def _version_of(frame: bytes, limits: DecodeLimits) -> int | None:
+    """The version field of a signed map whatever its other fields, or None."""
+    try:
+        fields = decode_signed_map(frame, ENVELOPE_DOMAIN, limits)[0]
+    except RemoteProtocolError:
+        return None
+    version = fields.get(_K_VERSION)
+    return version if type(version) is int else None
+
+
 def _check_fields(fields: dict[int, Any], limits: DecodeLimits) -> None:
-    keys = fields.keys()
-    if not (_REQUIRED <= keys <= _KNOWN):
-        missing, extra = sorted(_REQUIRED - keys), sorted(keys - _KNOWN)
-        raise RemoteProtocolError(
-            RejectReason.MALFORMED, f"missing fields {missing}, unknown fields {extra}"
-        )
+    # Straight-line checks with few lookups: this runs once per received message. Which
+    # keys are present was settled by decode_signed_map's layouts (or Envelope.create).
     sender = fields[_K_FROM]
     if type(sender) is not bytes or len(sender) != AGENT_ID_LEN:
         raise RemoteProtocolError(RejectReason.MALFORMED, "from must be a 32-byte agent id")
     to = fields[_K_TO]
-    if type(to) is bytes:
+    to_type = type(to)
+    if to_type is bytes:
         if len(to) != AGENT_ID_LEN:
             raise RemoteProtocolError(RejectReason.MALFORMED, "to must be a 32-byte agent id")
-    elif type(to) is str:
+    elif to_type is str:
         if not 0 < len(to) <= MAX_TOPIC_LEN:
             raise RemoteProtocolError(RejectReason.MALFORMED, "topic must be 1..256 characters")
     else:
@@ -247,12 +274,13 @@ def _check_fields(fields: dict[int, Any], limits: DecodeLimits) -> None:
     kind = fields[_K_KIND]
     if type(kind) is not str or not 0 < len(kind) <= MAX_KIND_LEN:
         raise RemoteProtocolError(RejectReason.MALFORMED, "kind must be 1..64 characters")
-    reply_to = fields.get(_K_REPLY_TO)
-    if reply_to is not None and (type(reply_to) is not bytes or len(reply_to) != MSG_ID_LEN):
-        raise RemoteProtocolError(RejectReason.MALFORMED, "reply_to must be 16 bytes")
-    trace = fields.get(_K_TRACE)
-    if trace is not None and (type(trace) is not bytes or len(trace) != TRACE_ID_LEN):
-        raise RemoteProtocolError(RejectReason.MALFORMED, "trace must be 8 bytes")
+    if len(fields) > _N_REQUIRED:
+        reply_to = fields.get(_K_REPLY_TO)
+        if reply_to is not None and (type(reply_to) is not bytes or len(reply_to) != MSG_ID_LEN):
+            raise RemoteProtocolError(RejectReason.MALFORMED, "reply_to must be 16 bytes")
+        trace = fields.get(_K_TRACE)
+        if trace is not None and (type(trace) is not bytes or len(trace) != TRACE_ID_LEN):
+            raise RemoteProtocolError(RejectReason.MALFORMED, "trace must be 8 bytes")
     body = fields[_K_BODY]
     if type(body) not in _FLAT:  # flat bodies are common and need no walk
         check_plain(body, limits)
@@ -268,11 +296,18 @@ def open_envelope(
 ) -> Envelope:
     """Run every receive check in order (cheap first, replay last) and return the envelope."""
     envelope = Envelope.decode(frame, policy.limits)
-    envelope.check_time(now_ms, policy)
+    # The checks of check_time, check_recipient and check_signature, inlined because this
+    # is the receive hot path; keep them in step with those methods.
+    created, expires = envelope.created_ms, envelope.expires_ms
+    if expires <= now_ms or created > now_ms + policy.max_skew_ms:
+        envelope.check_time(now_ms, policy)
+    if expires - created > policy.max_ttl_ms:
+        envelope.check_time(now_ms, policy)
     if hosted is not None:
         envelope.check_recipient(hosted)
-    envelope.check_signature()
+    if not verify_signature(envelope.sender.raw, envelope.signed_bytes, envelope.signature):
+        raise RemoteProtocolError(RejectReason.BAD_SIGNATURE, "envelope signature")
     if replay is not None:
         # Only verified envelopes enter the window, so forged ids cannot fill it.
-        replay.check(envelope.sender.raw, envelope.msg_id, envelope.expires_ms, now_ms)
+        replay.check(envelope.sender.raw, envelope.msg_id, expires, now_ms)
     return envelope

@@ -67,6 +67,13 @@ class AgentId:
         return cls(data)
 
     @classmethod
+    def _checked(cls, raw: bytes) -> AgentId:
+        """Wrap 32 bytes the caller has already checked (the decoders' fast path)."""
+        agent = object.__new__(cls)
+        object.__setattr__(agent, "raw", raw)
+        return agent
+
+    @classmethod
     def from_did(cls, text: str) -> AgentId:
         """Parse a `did:key:z...` text form; raise ValueError with a clear reason otherwise."""
         if not isinstance(text, str) or not text.startswith(_DID_PREFIX):

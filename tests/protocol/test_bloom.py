@@ -303,8 +303,17 @@ def test_for_capacity_sizing() -> None:
 
 @pytest.mark.parametrize(
     ("bits", "hashes", "seed"),
-    [(100, 3, 0), (0, 3, 0), (MAX_BITS + 64, 3, 0), (64, 0, 0), (64, 33, 0), (64, 3, -1),
-     (64, 3, 2**32), (True, 3, 0), (64.0, 3, 0)],
+    [
+        (100, 3, 0),
+        (0, 3, 0),
+        (MAX_BITS + 64, 3, 0),
+        (64, 0, 0),
+        (64, 33, 0),
+        (64, 3, -1),
+        (64, 3, 2**32),
+        (True, 3, 0),
+        (64.0, 3, 0),
+    ],
 )
 def test_bad_parameters(bits: Any, hashes: Any, seed: Any) -> None:
     with pytest.raises(LocalProtocolError):

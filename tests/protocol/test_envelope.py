@@ -129,6 +129,8 @@ def test_unknown_version() -> None:
     fields = fields_of(make())
     fields[1] = 2
     assert reason_of(resign(fields)) is RejectReason.UNKNOWN_VERSION
+    fields[11] = "a field of version 2"  # later versions may add fields: still the version
+    assert reason_of(resign(fields)) is RejectReason.UNKNOWN_VERSION
 
 
 def test_too_large() -> None:
