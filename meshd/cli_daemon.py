@@ -36,7 +36,7 @@ from meshd.identity import (
     insecure_mode_warning,
     load_node_key,
 )
-from meshd.paths import API_SOCKET, CONFIG_FILE, NODE_KEY, PID_FILE, resolve_data_dir
+from meshd.paths import API_SOCKET, CONFIG_FILE, DB_FILE, NODE_KEY, PID_FILE, resolve_data_dir
 
 if TYPE_CHECKING:
     import trio
@@ -200,7 +200,7 @@ def _run_locked(directory: Path, config: Config, seed: bytes) -> int:
         log.warning(warning)
     try:
         network = Libp2pNetwork(seed, **_network_options(config))
-        return trio.run(partial(_run_node, network, directory, config, counters))
+        return trio.run(partial(_run_node, network, directory, config, counters, seed))
     except Exception:
         log.critical("daemon failed", exc_info=True)
         return 1
@@ -239,23 +239,31 @@ def _network_options(config: Config) -> dict[str, Any]:
     }
 
 
-async def _run_node(network: Any, directory: Path, config: Config, counters: Any) -> int:
+async def _run_node(
+    network: Any, directory: Path, config: Config, counters: Any, seed: bytes
+) -> int:
     import trio
 
     from meshd.api.server import ApiServerError, serve_api
     from meshd.net.types import NetworkError
     from meshd.node import Node
+    from meshd.runtime.runtime import Runtime
+    from meshd.store import Store, StoreError
+    from protocol.ids import SigningKey
 
     api = partial(serve_api, data_dir=directory, tcp=config.api_tcp)
-    node = Node(network, api=api, log_counters=counters)
     refused: list[BaseException] = []
     try:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_on_signals, signals, node, nursery.cancel_scope)
-                await node.serve()
-                nursery.cancel_scope.cancel()
-    except* (NetworkError, ApiServerError) as group:
+        # The store outlives the node's nursery: leaving it commits what is queued.
+        async with Store(directory / DB_FILE) as store:
+            runtime = Runtime(store, SigningKey(seed), config.agents)
+            node = Node(network, api=api, runtime=runtime, log_counters=counters)
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_on_signals, signals, node, nursery.cancel_scope)
+                    await node.serve()
+                    nursery.cancel_scope.cancel()
+    except* (NetworkError, ApiServerError, StoreError) as group:
         refused.extend(_leaves(group))
     for exc in refused:
         log.error("cannot start: %s", exc)

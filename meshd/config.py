@@ -19,12 +19,13 @@ import json
 import os
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from meshd.net.addrs import BootstrapAddr, parse_bootstrap_addr, parse_listen_addr
 from meshd.paths import CONFIG_FILE
+from meshd.runtime.runtime import RuntimeSettings
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -82,6 +83,7 @@ class Config:
     api_tcp: str | None = None
     connections: ConnectionSettings = ConnectionSettings()
     dht: DhtSettings = DhtSettings()
+    agents: RuntimeSettings = field(default_factory=RuntimeSettings)
 
 
 class _ItemError(ValueError):
@@ -271,6 +273,33 @@ _KEYS: tuple[_Key, ...] = (
     ),
     _Key("dht.lookup_timeout_s", 10.0, _float(0.1, 300.0), "Give up one DHT lookup after this."),
     _Key("dht.max_parallel_dials", 4, _int(1, 256), "Dials running at once during discovery."),
+    _Key("agents.max", 2_000_000, _int(1, 1_000_000_000), "Most agents this node hosts."),
+    _Key(
+        "agents.max_active",
+        10_000,
+        _int(1, 10_000_000),
+        "Memory budget: most agents active at once; the least recently used go dormant.",
+    ),
+    _Key(
+        "agents.idle_evict_s",
+        60.0,
+        _float(0.01, 86_400.0),
+        "An active agent idle this long goes back to dormant.",
+    ),
+    _Key("agents.spawn_rate", 50_000.0, _float(0.01, 1e9), "Spawns per second this node allows."),
+    _Key("agents.spawn_burst", 200_000.0, _float(1.0, 1e10), "Spawns allowed at once (bucket)."),
+    _Key(
+        "agents.default_budget",
+        1_000,
+        _int(0, 1_000_000_000),
+        "How many descendants an agent spawned from the CLI may spawn in turn.",
+    ),
+    _Key(
+        "agents.inbox_limit",
+        1_000,
+        _int(1, 1_000_000),
+        "Messages queued in memory per active agent before senders get rate_limited.",
+    ),
 )
 _BY_NAME = {key.name: key for key in _KEYS}
 
@@ -386,6 +415,15 @@ def _build(values: Mapping[str, Any]) -> Config:
             walk_interval_s=values["dht.walk_interval_s"],
             lookup_timeout_s=values["dht.lookup_timeout_s"],
             max_parallel_dials=values["dht.max_parallel_dials"],
+        ),
+        agents=RuntimeSettings(
+            max_agents=values["agents.max"],
+            max_active=values["agents.max_active"],
+            idle_evict_s=values["agents.idle_evict_s"],
+            spawn_rate=values["agents.spawn_rate"],
+            spawn_burst=values["agents.spawn_burst"],
+            default_budget=values["agents.default_budget"],
+            inbox_limit=values["agents.inbox_limit"],
         ),
     )
 

@@ -28,6 +28,7 @@ from meshd.net.types import (
     PeerDisconnected,
     RoutingTableChanged,
 )
+from meshd.runtime.runtime import Runtime
 
 if TYPE_CHECKING:
     # trio 0.35 ships TaskStatus, but libp2p pulls in trio-typing whose trio-stubs (which
@@ -52,11 +53,13 @@ class Node:
         network: Network,
         *,
         api: ApiRunner | None = None,
+        runtime: Runtime | None = None,
         version: str = __version__,
         log_counters: LogCounters | None = None,
     ) -> None:
         self._network = network
         self._api = api
+        self._runtime = runtime
         self._version = version
         self._log_counters = log_counters
         self._started_at: float | None = None
@@ -64,6 +67,13 @@ class Node:
         self._stop_reason = ""
 
     # -- NodeView (read by the control API) ---------------------------------------------
+
+    @property
+    def runtime(self) -> Runtime:
+        """The agent runtime (the API's agent routes use it)."""
+        if self._runtime is None:
+            raise RuntimeError("this node runs no agent runtime")
+        return self._runtime
 
     def identity(self) -> dict[str, Any]:
         """This node's peer id, listen addresses (ending in /p2p/<id>) and version."""
@@ -98,6 +108,9 @@ class Node:
             "addrs": self._network.listen_addrs(),
             "network": self._network.stats(),
         }
+        if self._runtime is not None:
+            status["agents"] = self._runtime.counts()
+            status["runtime"] = self._runtime.stats_dict()
         if self._log_counters is not None:
             status["libp2p_log"] = dict(self._log_counters.libp2p)
         return status
@@ -117,6 +130,8 @@ class Node:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._log_events, receive)
             await nursery.start(self._network.serve, send)
+            if self._runtime is not None:
+                await nursery.start(self._runtime.serve)
             if self._api is not None:
                 await nursery.start(self._api, self)
             task_status.started()

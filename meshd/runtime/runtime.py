@@ -241,6 +241,21 @@ class Runtime:
         counts["total"] = len(self._index)
         return counts
 
+    def stats_dict(self) -> dict[str, Any]:
+        """The runtime's counters as plain data."""
+        return {
+            "spawned": self.stats.spawned,
+            "activations": self.stats.activations,
+            "evictions": self.stats.evictions,
+            "deleted": self.stats.deleted,
+            "expired": self.stats.expired,
+            "handled": self.stats.handled,
+            "handler_errors": self.stats.handler_errors,
+            "inbox_full": self.stats.inbox_full,
+            "queued": self.stats.queued,
+            "quota_refusals": dict(self.stats.quota_refusals),
+        }
+
     def agent_ids(self) -> Iterator[bytes]:
         """The ids of every hosted agent (for summaries)."""
         return iter(list(self._index))

@@ -101,7 +101,13 @@ def test_unreadable_config_file(tmp_path: Path) -> None:
 
 def test_template_lists_every_key_at_its_default(tmp_path: Path) -> None:
     template = render_config_template()
-    assert tomllib.loads(template) == {"log": {}, "api": {}, "connections": {}, "dht": {}}
+    assert tomllib.loads(template) == {
+        "log": {},
+        "api": {},
+        "connections": {},
+        "dht": {},
+        "agents": {},
+    }
     # Uncommenting every key gives a valid file equal to the defaults.
     uncommented = "\n".join(
         line[2:] if line.startswith("# ") and " = " in line else line
