@@ -47,6 +47,7 @@ log = logging.getLogger("meshd.runtime")
 _SPAWN_CHUNK = 5_000
 _LIST_MAX = 10_000
 _EXTERNAL = "external"
+OPERATOR_NAME = "operator"
 
 
 class UnknownAgent(LookupError):
@@ -688,6 +689,66 @@ class Runtime:
         self._external.discard(agent.raw)
         self.stats.deleted += 1
         log.info("agent %s %s", agent.did, reason)
+
+    # -- sending on behalf of an agent (CLI, attached processes) -------------------------
+
+    async def operator(self) -> AgentId:
+        """This node's operator agent: what `meshd send` sends as when no --from is given."""
+        try:
+            return await self.find_by_name(OPERATOR_NAME)
+        except UnknownAgent:
+            infos = await self.spawn(_EXTERNAL, name=OPERATOR_NAME, budget=0)
+            return AgentId.from_did(infos[0]["id"])
+
+    async def send_as(
+        self,
+        sender: AgentId,
+        to: AgentId | str,
+        body: Any,
+        *,
+        kind: str = "msg",
+        reliable: bool = False,
+        wait: bool = False,
+        timeout: float = 10.0,
+    ) -> dict[str, Any]:
+        """Sign and send a message as a hosted agent; with `wait`, also wait for its reply."""
+        key = await self.signing_key(sender)
+        try:
+            envelope = Envelope.create(
+                key,
+                to,
+                kind,
+                body,
+                now_ms=self.clock(),
+                ttl_ms=max(self.settings.envelope_ttl_ms, int(timeout * 1000)),
+            )
+        except ValueError as exc:
+            raise AgentError(f"cannot build the message: {exc}") from exc
+        result: dict[str, Any] = {"id": envelope.msg_id.hex(), "from": sender.did}
+        if isinstance(envelope.recipient, str):
+            await self.messenger.publish(envelope)
+            result["outcome"] = "published"
+            return result
+        with self.expect_reply(envelope) as slot:
+            report = await self.messenger.send(envelope, reliable=reliable)
+            result["outcome"] = report.outcome
+            if report.detail:
+                result["detail"] = report.detail
+            if wait and report.ok:
+                reply = None
+                with trio.move_on_after(timeout):
+                    reply = await slot.wait()
+                if reply is None:
+                    result["outcome"] = "timeout"
+                    result["detail"] = f"no reply within {timeout} s"
+                else:
+                    result["reply"] = {
+                        "from": reply.sender,
+                        "kind": reply.kind,
+                        "body": reply.body,
+                        "id": reply.msg_id.hex(),
+                    }
+        return result
 
     # -- external agents ---------------------------------------------------------------
 

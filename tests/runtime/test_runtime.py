@@ -252,3 +252,19 @@ async def test_bad_arguments_are_clear(tmp_path: Path) -> None:
         assert (await rt.find_by_name("solo")).did == one["id"]
         with pytest.raises(UnknownAgent):
             await rt.find_by_name("nobody")
+
+
+async def test_send_as_the_operator_and_wait_for_the_reply(tmp_path: Path) -> None:
+    async with running(tmp_path) as rt:
+        (echo,) = await rt.spawn("echo")
+        operator = await rt.operator()
+        assert await rt.operator() == operator  # one operator per node
+        result = await rt.send_as(operator, AgentId.from_did(echo["id"]), {"hi": 1}, wait=True)
+        assert result["outcome"] == "delivered"
+        assert result["reply"]["body"] == {"hi": 1}
+        assert result["reply"]["from"] == echo["id"]
+        (rec,) = await rt.spawn(REC)
+        quiet = await rt.send_as(operator, AgentId.from_did(rec["id"]), 1, wait=True, timeout=0.2)
+        assert quiet["outcome"] == "timeout"
+        gone = await rt.send_as(operator, SigningKey.generate().agent_id, 1)
+        assert gone["outcome"] == "not_here"
