@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["LifecycleError", "State", "check_transition"]
+__all__ = ["LifecycleError", "State", "UnknownAgent", "check_transition"]
 
 
 class State(enum.Enum):
@@ -21,6 +21,10 @@ class State(enum.Enum):
     SUSPENDED = "suspended"
     MIGRATING = "migrating"
     GONE = "gone"
+
+
+class UnknownAgent(LookupError):
+    """No agent with that id (or name) is hosted here."""
 
 
 class LifecycleError(Exception):

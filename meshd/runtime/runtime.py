@@ -30,8 +30,9 @@ from meshd.clock import WallClock, wall_ms
 from meshd.runtime.activation import Activation
 from meshd.runtime.keys import KeyVault, generate_agent_keys
 from meshd.runtime.kinds import BUILTIN_KINDS, resolve_kind
-from meshd.runtime.lifecycle import LifecycleError, State, check_transition
+from meshd.runtime.lifecycle import LifecycleError, State, UnknownAgent, check_transition
 from meshd.runtime.quota import QuotaExceeded, TokenBucket
+from meshd.runtime.records import birth_cert
 from meshd.runtime.sdk import AgentError, DeliveryReport, Message
 from meshd.store import AgentRow, Store
 from protocol.envelope import Envelope
@@ -48,10 +49,6 @@ _SPAWN_CHUNK = 5_000
 _LIST_MAX = 10_000
 _EXTERNAL = "external"
 OPERATOR_NAME = "operator"
-
-
-class UnknownAgent(LookupError):
-    """No agent with that id (or name) is hosted here."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,7 +402,10 @@ class Runtime:
                     f"agent {parent.did} has a spawn budget of {parent_row.budget}; "
                     f"{count} children with budget {child_budget} each cost {cost}",
                 )
-            await self.store.set_budget(parent.raw, parent_row.budget - cost, now)
+            # Pin the parent's certificate before its budget first drops: it must keep
+            # naming the budget the parent was born with.
+            pinned = None if parent_row.birth_cert else (await birth_cert(self, parent)).encoded
+            await self.store.set_budget(parent.raw, parent_row.budget - cost, now, pinned)
         expires = None if ttl_s is None else now + int(ttl_s * 1000)
         created: list[AgentRow] = []
         done = 0

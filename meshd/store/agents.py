@@ -136,16 +136,23 @@ class AgentOps(StoreCore):
 
         await self._write("set_lifecycle", run, atomic=True)
 
-    async def set_budget(self, agent_id: bytes, budget: int, now_ms: int) -> None:
-        """Set a live agent's remaining spawn budget."""
+    async def set_budget(
+        self, agent_id: bytes, budget: int, now_ms: int, birth_cert: bytes | None = None
+    ) -> None:
+        """Set a live agent's remaining spawn budget, pinning its birth certificate if given.
+
+        The certificate names the budget the agent was born with; it is pinned (kept if one
+        is already stored) in the same write that first lowers the budget, so the two agree.
+        """
         if budget < 0:
             raise StoreError(f"set_budget: agent {_show(agent_id)}: budget {budget} < 0")
 
         def run(conn: sqlite3.Connection) -> None:
             sql = (
-                "UPDATE agents SET budget = ?, updated_ms = ? WHERE id = ? AND lifecycle != 'gone'"
+                "UPDATE agents SET budget = ?, birth_cert = COALESCE(birth_cert, ?), "
+                "updated_ms = ? WHERE id = ? AND lifecycle != 'gone'"
             )
-            if conn.execute(sql, (budget, now_ms, agent_id)).rowcount == 0:
+            if conn.execute(sql, (budget, birth_cert, now_ms, agent_id)).rowcount == 0:
                 _raise_missing(conn, "set_budget", agent_id)
 
         await self._write("set_budget", run, atomic=True)
