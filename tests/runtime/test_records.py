@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from meshd.runtime.records import build_provenance, build_record
 from protocol.ids import AgentId
 from protocol.records import AgentRecord, LifecycleState
