@@ -19,7 +19,7 @@ import contextlib
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -41,7 +41,14 @@ from protocol.ids import AgentId, SigningKey
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
 
-__all__ = ["Messenger", "ReplySlot", "Runtime", "RuntimeSettings", "UnknownAgent"]
+__all__ = [
+    "Messenger",
+    "ReplySlot",
+    "Runtime",
+    "RuntimeListener",
+    "RuntimeSettings",
+    "UnknownAgent",
+]
 
 log = logging.getLogger("meshd.runtime")
 
@@ -87,6 +94,22 @@ class Messenger(Protocol):
 
     async def subscribe(self, topic: str, agent: AgentId) -> None:
         """Deliver the topic's messages to `agent` from now on."""
+        ...
+
+
+class RuntimeListener(Protocol):
+    """Told about agents appearing, waking and going (the record publisher listens)."""
+
+    def spawned(self, agents: Sequence[bytes]) -> None:
+        """Agents were spawned (ids of one durable batch)."""
+        ...
+
+    def activated(self, agent: AgentId) -> None:
+        """An agent became active."""
+        ...
+
+    async def deleting(self, agent: AgentId) -> None:
+        """An agent is about to be deleted; its key still exists."""
         ...
 
 
@@ -181,6 +204,7 @@ class Runtime:
         self.vault = KeyVault(node_key)
         self.clock = clock
         self.messenger: Messenger = LocalMessenger(self)
+        self.listener: RuntimeListener | None = None
         self.stats = RuntimeStats()
         self._index: dict[bytes, State] = {}
         self._external: set[bytes] = set()
@@ -439,6 +463,8 @@ class Runtime:
             if kind == _EXTERNAL:
                 self._external.update(row.id for row in rows)
             created.extend(rows)
+            if self.listener is not None:
+                self.listener.spawned([row.id for row in rows])
             done += n
             self.stats.spawned += n
             if progress is not None:
@@ -535,6 +561,8 @@ class Runtime:
             self._active[raw] = activation
             self._index[raw] = State.ACTIVE
             self.stats.activations += 1
+            if self.listener is not None:
+                self.listener.activated(agent)
             try:
                 await behaviour.on_start(activation.ctx)
             except Exception:  # an agent's bug must not take the node down
@@ -684,6 +712,8 @@ class Runtime:
         if activation is not None:
             activation.inbox.clear()
             await self._stop(activation)
+        if self.listener is not None:
+            await self.listener.deleting(agent)
         await self.store.delete_agent(agent.raw, self.clock())
         self._index.pop(agent.raw, None)
         self._external.discard(agent.raw)
