@@ -62,7 +62,8 @@ class Activation:
         self.state = state
         self.saved_state = saved_state
         self.state_version = state_version
-        self.inbox: deque[tuple[Message, bool]] = deque()
+        # (message, the ack owed to an at-least-once sender, or None)
+        self.inbox: deque[tuple[Message, Any]] = deque()
         self.running = False
         self.stopping = False
         self.done = False

@@ -34,7 +34,7 @@ from meshd.runtime.lifecycle import LifecycleError, State, UnknownAgent, check_t
 from meshd.runtime.quota import QuotaExceeded, TokenBucket
 from meshd.runtime.records import birth_cert
 from meshd.runtime.sdk import AgentError, DeliveryReport, Message
-from meshd.store import AgentRow, Store
+from meshd.store import AgentRow, InboxFull, Store, StoreError
 from protocol.envelope import Envelope
 from protocol.ids import AgentId, SigningKey
 
@@ -137,6 +137,22 @@ class LocalMessenger:
         self._topics.setdefault(topic, set()).add(agent.raw)
 
 
+class _Ack:
+    """The answer owed to the sender of an at-least-once message, once it is handled."""
+
+    __slots__ = ("event", "outcome")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.outcome = "rejected:unavailable"
+
+    def finish(self, outcome: str) -> None:
+        """Set the outcome and wake the delivery waiting to answer."""
+        if not self.event.is_set():
+            self.outcome = outcome
+            self.event.set()
+
+
 class ReplySlot:
     """Where a reply to a pending request lands."""
 
@@ -172,6 +188,7 @@ class RuntimeStats:
     handler_errors: int = 0
     inbox_full: int = 0
     queued: int = 0
+    duplicates: int = 0
     quota_refusals: dict[str, int] = field(default_factory=dict)
 
 
@@ -211,6 +228,7 @@ class Runtime:
         self._active: OrderedDict[bytes, Activation] = OrderedDict()
         self._activating: dict[bytes, trio.Event] = {}
         self._pending: dict[bytes, tuple[bytes, ReplySlot]] = {}
+        self._inflight: dict[bytes, _Ack] = {}
         self._inbox_waiters: dict[bytes, trio.Event] = {}
         self._spawn_bucket = TokenBucket(self.settings.spawn_rate, self.settings.spawn_burst)
         self._spawn_lock = trio.Lock()
@@ -275,6 +293,7 @@ class Runtime:
             "handler_errors": self.stats.handler_errors,
             "inbox_full": self.stats.inbox_full,
             "queued": self.stats.queued,
+            "duplicates": self.stats.duplicates,
             "quota_refusals": dict(self.stats.quota_refusals),
         }
 
@@ -510,30 +529,81 @@ class Runtime:
             if pending is not None and pending[0] == recipient.raw:
                 pending[1].fill(Message.from_envelope(envelope))
                 return "delivered"
+        if recipient.raw not in self._index:
+            return "not_here"
+        if not reliable:
+            return await self._deliver_once(recipient, envelope, None)
+        # At-least-once: the sender retries until we answer, so a copy may come again while
+        # the first is being handled, or after it was: either way it is handled once.
+        key = envelope.sender.raw + envelope.msg_id
+        inflight = self._inflight.get(key)
+        if inflight is not None:
+            self.stats.duplicates += 1
+            await inflight.event.wait()
+            return inflight.outcome
+        ack = self._inflight[key] = _Ack()
+        try:
+            if await self.store.dedupe_contains(envelope.sender.raw, envelope.msg_id):
+                self.stats.duplicates += 1
+                ack.finish("delivered")
+            else:
+                ack.finish(await self._deliver_once(recipient, envelope, ack))
+        finally:
+            ack.finish("rejected:unavailable")  # cancelled: answer the copies waiting too
+            del self._inflight[key]
+        return ack.outcome
+
+    async def _deliver_once(self, recipient: AgentId, envelope: Envelope, ack: _Ack | None) -> str:
+        """Queue or hand the message to the agent; with an ack, wait until it is handled."""
         raw = recipient.raw
         state = self._index.get(raw)
         if state is None:
             return "not_here"
         if state is State.SUSPENDED or state is State.MIGRATING or raw in self._external:
-            await self.store.inbox_put(raw, [envelope.frame], self.clock())
-            self.stats.queued += 1
-            waiter = self._inbox_waiters.pop(raw, None)
-            if waiter is not None:
-                waiter.set()
-            return "queued"
+            return await self._queue(raw, envelope, ack is not None)
         activation = self._active.get(raw) or await self._activate(recipient)
         if activation is None:
             return "gone"
         if len(activation.inbox) >= self.settings.inbox_limit:
             self.stats.inbox_full += 1
             return "rejected:rate_limited"
-        activation.inbox.append((Message.from_envelope(envelope), reliable))
+        activation.inbox.append((Message.from_envelope(envelope), ack))
         self._active.move_to_end(raw)
         if not activation.running:
             activation.running = True
             assert self._nursery is not None, "runtime is not serving"
             self._nursery.start_soon(self._drain, activation)
-        return "delivered"
+        if ack is None:
+            return "delivered"
+        # Answer only once the handler's effects are committed with the dedupe key.
+        await ack.event.wait()
+        return ack.outcome
+
+    async def _queue(self, raw: bytes, envelope: Envelope, reliable: bool) -> str:
+        """Put a message in the agent's persistent inbox (suspended or external agents)."""
+        try:
+            if reliable:
+                fresh = await self.store.inbox_put_once(
+                    raw,
+                    envelope.frame,
+                    envelope.sender.raw,
+                    envelope.msg_id,
+                    envelope.expires_ms,
+                    self.clock(),
+                )
+                if not fresh:
+                    self.stats.duplicates += 1
+                    return "queued"
+            else:
+                await self.store.inbox_put(raw, [envelope.frame], self.clock())
+        except InboxFull:
+            self.stats.inbox_full += 1
+            return "rejected:rate_limited"
+        self.stats.queued += 1
+        waiter = self._inbox_waiters.pop(raw, None)
+        if waiter is not None:
+            waiter.set()
+        return "queued"
 
     async def _activate(self, agent: AgentId) -> Activation | None:
         raw = agent.raw
@@ -577,7 +647,7 @@ class Runtime:
         try:
             async with self._limiter:
                 while activation.inbox and not activation.stopping:
-                    message, _reliable = activation.inbox.popleft()
+                    message, ack = activation.inbox.popleft()
                     try:
                         await activation.behaviour.on_message(activation.ctx, message)
                         self.stats.handled += 1
@@ -586,13 +656,45 @@ class Runtime:
                         log.exception(
                             "agent %s: on_message failed for %s", activation.agent.did, message.kind
                         )
-                    await self._save_state(activation)
+                    if ack is None:
+                        await self._save_state(activation)
+                    else:
+                        await self._commit_delivery(activation, message, ack)
                     if activation.done:
                         await self.delete(activation.agent, reason="done")
                         return
         finally:
             activation.running = False
             activation.last_used = trio.current_time()
+
+    async def _commit_delivery(self, activation: Activation, message: Message, ack: _Ack) -> None:
+        """Record an at-least-once message as handled, in one write with the new state."""
+        envelope = message.envelope
+        encoded: bytes | None = None
+        try:
+            encoded = _encode_state(activation.state)
+        except AgentError:
+            self.stats.handler_errors += 1
+            log.error("agent %s: state is not CBOR-encodable; not saved", activation.agent.did)
+        changed = encoded is not None and encoded != activation.saved_state
+        try:
+            await self.store.commit_delivery(
+                envelope.sender.raw,
+                envelope.msg_id,
+                envelope.expires_ms,
+                activation.agent.raw,
+                encoded if changed else None,
+                activation.state_version,
+                now_ms=self.clock(),
+            )
+        except StoreError as exc:
+            log.error("agent %s: delivery not committed: %s", activation.agent.did, exc)
+            ack.finish("rejected:unavailable")
+            return
+        if changed and encoded is not None:
+            activation.saved_state = encoded
+            activation.state_version += 1
+        ack.finish("delivered")
 
     async def _save_state(self, activation: Activation) -> None:
         try:
@@ -640,6 +742,9 @@ class Runtime:
 
     async def _stop(self, activation: Activation) -> None:
         activation.stopping = True
+        for _message, ack in activation.inbox:
+            if ack is not None:
+                ack.finish("rejected:unavailable")  # not handled: the sender will retry
         with trio.move_on_after(5):
             try:
                 await activation.behaviour.on_stop(activation.ctx)
@@ -675,14 +780,17 @@ class Runtime:
         """Pause an agent: messages wait in its inbox until `resume`."""
         check_transition("suspend", self._current(agent))
         activation = self._active.get(agent.raw)
+        pending = list(activation.inbox) if activation is not None else []
         if activation is not None:
-            pending = [m.envelope.frame for m, _ in activation.inbox]
             activation.inbox.clear()
             await self._stop(activation)
-            if pending:
-                await self.store.inbox_put(agent.raw, pending, self.clock())
         await self.store.set_lifecycle(agent.raw, State.SUSPENDED.value, self.clock())
         self._index[agent.raw] = State.SUSPENDED
+        # What the agent had not handled yet waits in its persistent inbox, in order.
+        for message, ack in pending:
+            outcome = await self._queue(agent.raw, message.envelope, ack is not None)
+            if ack is not None:
+                ack.finish(outcome)
 
     async def resume(self, agent: AgentId) -> int:
         """Un-pause an agent and deliver what waited in its inbox; return how many."""
@@ -710,6 +818,9 @@ class Runtime:
         check_transition("delete", self._current(agent))
         activation = self._active.get(agent.raw)
         if activation is not None:
+            for _message, ack in activation.inbox:
+                if ack is not None:
+                    ack.finish("gone")
             activation.inbox.clear()
             await self._stop(activation)
         if self.listener is not None:

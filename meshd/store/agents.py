@@ -268,6 +268,26 @@ class AgentOps(StoreCore):
             [(agent_id, frame, now_ms) for frame in frames],
         )
 
+    async def inbox_put_once(
+        self,
+        agent_id: bytes,
+        frame: bytes,
+        sender: bytes,
+        msg_id: bytes,
+        expires_ms: int,
+        now_ms: int,
+    ) -> bool:
+        """In ONE transaction: queue an at-least-once message and record its dedupe key;
+        False (nothing written) if (sender, msg_id) was already recorded."""
+
+        def run(conn: sqlite3.Connection) -> bool:
+            if not _dedupe_add(sender, msg_id, expires_ms, conn):
+                return False
+            self._inbox_put("inbox_put_once", agent_id, [frame], now_ms, conn)
+            return True
+
+        return await self._write("inbox_put_once", run)
+
     async def inbox_take(self, agent_id: bytes, limit: int) -> list[tuple[int, bytes]]:
         """The agent's oldest waiting frames as (seq, frame), without removing them."""
         sql = "SELECT seq, frame FROM inbox WHERE agent = ? ORDER BY seq LIMIT ?"
@@ -396,3 +416,8 @@ def _save_state(
         raise AgentGone(op, agent_id)
     assert expected_version is not None
     raise StoreConflict(op, agent_id, expected_version, int(current[1]))
+
+
+def _dedupe_add(sender: bytes, msg_id: bytes, expires_ms: int, conn: sqlite3.Connection) -> bool:
+    sql = "INSERT INTO dedupe(sender, msg_id, expires_ms) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
+    return conn.execute(sql, (sender, msg_id, expires_ms)).rowcount == 1

@@ -14,7 +14,7 @@ from functools import partial
 import trio
 import trio.lowlevel
 
-from meshd.store.agents import _save_state
+from meshd.store.agents import _dedupe_add, _save_state
 from meshd.store.core import StoreCore, _all, _rowcount
 from meshd.store.errors import OutboxFull, StoreClosed, StoreError
 from meshd.store.rows import MessageKey, OutboxMessage, _outbox_message
@@ -164,8 +164,3 @@ class MessageOps(StoreCore):
 
 
 # -- statement helpers (run on worker threads) ----------------------------------------------
-
-
-def _dedupe_add(sender: bytes, msg_id: bytes, expires_ms: int, conn: sqlite3.Connection) -> bool:
-    sql = "INSERT INTO dedupe(sender, msg_id, expires_ms) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
-    return conn.execute(sql, (sender, msg_id, expires_ms)).rowcount == 1

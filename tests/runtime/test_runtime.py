@@ -268,3 +268,43 @@ async def test_send_as_the_operator_and_wait_for_the_reply(tmp_path: Path) -> No
         assert quiet["outcome"] == "timeout"
         gone = await rt.send_as(operator, SigningKey.generate().agent_id, 1)
         assert gone["outcome"] == "not_here"
+
+
+async def test_at_least_once_is_handled_once_and_answered_after_commit(tmp_path: Path) -> None:
+    async with running(tmp_path) as rt:
+        (counter,) = await rt.spawn("counter")
+        agent = AgentId.from_did(counter["id"])
+        envelope = message(rt, agent, {"add": 5})
+        # three copies at once (a sender retrying), and one more after the first finished
+        outcomes: list[str] = []
+
+        async def deliver_copy() -> None:
+            outcomes.append(await rt.deliver(envelope, reliable=True))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(deliver_copy)
+        outcomes.append(await rt.deliver(envelope, reliable=True))
+        assert outcomes == ["delivered"] * 4
+        assert rt.stats.handled == 1
+        assert rt.stats.duplicates >= 1
+        row = await rt.store.get_agent(agent.raw)
+        assert row is not None
+        assert cbor2.loads(row.state) == {"count": 5}  # committed before the answer
+    async with running(tmp_path) as rt:  # and after a restart, still a duplicate
+        assert await rt.deliver(envelope, reliable=True) == "delivered"
+        assert rt.stats.handled == 0
+
+
+async def test_at_least_once_to_a_suspended_agent_is_queued_once(tmp_path: Path) -> None:
+    async with running(tmp_path) as rt:
+        (rec,) = await rt.spawn(REC)
+        agent = AgentId.from_did(rec["id"])
+        await rt.suspend(agent)
+        envelope = message(rt, agent, "once")
+        assert await rt.deliver(envelope, reliable=True) == "queued"
+        # the retry is recognised: accepted (already done), not queued a second time
+        assert await rt.deliver(envelope, reliable=True) == "delivered"
+        assert await rt.store.inbox_count(agent.raw) == 1
+        assert await rt.resume(agent) == 1
+        await settle(lambda: len(kinds.RECEIVED) == 1)
