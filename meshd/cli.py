@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from meshd import __version__
+from meshd.cli_agent import agent_group, send_command
 from meshd.cli_client import id_command, peers_command, status_command
 from meshd.cli_daemon import init_command, run_command
 
@@ -20,6 +21,8 @@ cli.add_command(peers_command)
 cli.add_command(status_command)
 cli.add_command(init_command)
 cli.add_command(run_command)
+cli.add_command(agent_group)
+cli.add_command(send_command)
 
 
 def main() -> None:

@@ -80,6 +80,218 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "OpenApiDocument": {"type": "object", "description": "This document."},
 }
 
+_AGENT_ID = {"type": "string", "description": "An agent id, did:key:z..."}
+_AGENT_REF = {
+    "type": "string",
+    "description": "An agent: its id (did:key:z...) or the name it was spawned with.",
+}
+_MSG_ID = {"type": "string", "pattern": "^[0-9a-f]{32}$", "description": "16 bytes, hex."}
+_JSON_VALUE = {
+    "description": (
+        "Any JSON value (plain CBOR on the wire). Out of the node, CBOR byte strings are shown "
+        'as {"$base64": "..."}, integer map keys as text, non-finite floats as "NaN", '
+        '"Infinity", "-Infinity".'
+    )
+}
+_STATE = {"enum": ["active", "dormant", "suspended", "migrating", "gone"]}
+
+# The agent routes (meshd.api.agents).
+_AGENT_SCHEMAS: dict[str, dict[str, Any]] = {
+    "AgentInfo": {
+        "type": "object",
+        "required": ["id", "kind", "name", "caps", "state", "created_ms", "expires_ms"],
+        "properties": {
+            "id": _AGENT_ID,
+            "kind": {"type": "string"},
+            "name": {"type": ["string", "null"]},
+            "caps": {"type": "array", "items": {"type": "string"}},
+            "state": _STATE,
+            "created_ms": {"type": "integer", "description": "Unix time, milliseconds."},
+            "expires_ms": {
+                "type": ["integer", "null"],
+                "description": "When its TTL deletes it (Unix ms), or null.",
+            },
+            "parent": {"anyOf": [_AGENT_ID, {"type": "null"}]},
+            "budget": {"type": "integer", "minimum": 0, "description": "Spawn budget left."},
+            "state_version": {"type": "integer", "minimum": 0},
+            "inbox": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Messages waiting in its inbox (getAgent only).",
+            },
+        },
+        "additionalProperties": True,
+    },
+    "SpawnRequest": {
+        "type": "object",
+        "required": ["kind"],
+        "additionalProperties": False,
+        "properties": {
+            "kind": {
+                "type": "string",
+                "description": "Built-in (echo, counter, relay, external), entry point, or "
+                "module:Class.",
+            },
+            "count": {"type": "integer", "minimum": 1, "maximum": 100_000, "default": 1},
+            "caps": {
+                "type": "array",
+                "items": {"type": "string", "minLength": 1, "maxLength": 64},
+                "default": [],
+            },
+            "ttl": {
+                "type": ["number", "null"],
+                "exclusiveMinimum": 0,
+                "description": "Seconds until the agents are deleted.",
+            },
+            "name": {
+                "type": ["string", "null"],
+                "pattern": "^[A-Za-z0-9][A-Za-z0-9_.\\-]{0,63}$",
+                "description": "A unique name for one agent (count 1); 'operator' is reserved.",
+            },
+            "state": {"type": "object", "default": {}, "description": "Initial state."},
+            "budget": {
+                "type": ["integer", "null"],
+                "minimum": 0,
+                "description": "Spawn budget of each new agent (default: the node's).",
+            },
+            "parent": {
+                "anyOf": [_AGENT_REF, {"type": "null"}],
+                "description": "Spawn as children of this hosted agent, paid from its budget.",
+            },
+        },
+    },
+    "SpawnResult": {
+        "type": "object",
+        "required": ["count", "agents"],
+        "properties": {
+            "count": {"type": "integer", "minimum": 1, "description": "How many were spawned."},
+            "agents": {
+                "type": "array",
+                "maxItems": 1000,
+                "items": {"$ref": "#/components/schemas/AgentInfo"},
+                "description": "The first (at most 1000) of the new agents.",
+            },
+        },
+    },
+    "AgentList": {
+        "type": "object",
+        "required": ["agents", "next", "counts"],
+        "properties": {
+            "agents": {"type": "array", "items": {"$ref": "#/components/schemas/AgentInfo"}},
+            "next": {
+                "anyOf": [_AGENT_ID, {"type": "null"}],
+                "description": "Pass as `after` for the next page; null on the last page.",
+            },
+            "counts": {
+                "type": "object",
+                "additionalProperties": {"type": "integer"},
+                "description": "Agents hosted here by state, and the total.",
+            },
+        },
+    },
+    "LifecycleResult": {
+        "type": "object",
+        "required": ["id", "state"],
+        "properties": {
+            "id": _AGENT_ID,
+            "state": _STATE,
+            "delivered": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Messages that had waited and were delivered (resume only).",
+            },
+        },
+    },
+    "InboxMessage": {
+        "type": "object",
+        "required": ["seq", "id", "from", "kind", "body", "reply_to"],
+        "properties": {
+            "seq": {"type": "integer", "description": "Position in the inbox; ack up to it."},
+            "id": {"anyOf": [_MSG_ID, {"type": "null"}]},
+            "from": {"anyOf": [_AGENT_ID, {"type": "null"}]},
+            "kind": {"type": ["string", "null"]},
+            "body": _JSON_VALUE,
+            "reply_to": {
+                "anyOf": [_MSG_ID, {"type": "null"}],
+                "description": "The request this message answers, if it is a reply.",
+            },
+            "topic": {"type": ["string", "null"], "description": "Set for pub/sub messages."},
+            "created_ms": {"type": ["integer", "null"]},
+            "error": {
+                "type": "string",
+                "description": "Present only if the stored message cannot be decoded; ack it.",
+            },
+        },
+    },
+    "InboxMessages": {"type": "array", "items": {"$ref": "#/components/schemas/InboxMessage"}},
+    "AckRequest": {
+        "type": "object",
+        "required": ["seq"],
+        "additionalProperties": False,
+        "properties": {"seq": {"type": "integer", "minimum": 0}},
+    },
+    "AckResult": {
+        "type": "object",
+        "required": ["acked", "waiting"],
+        "properties": {
+            "acked": {"type": "integer", "minimum": 0, "description": "Messages removed."},
+            "waiting": {"type": "integer", "minimum": 0, "description": "Messages left."},
+        },
+    },
+    "SendRequest": {
+        "type": "object",
+        "required": ["to", "body"],
+        "additionalProperties": False,
+        "properties": {
+            "to": _AGENT_REF,
+            "body": _JSON_VALUE,
+            "kind": {"type": "string", "minLength": 1, "maxLength": 64, "default": "msg"},
+            "from": {
+                "anyOf": [_AGENT_REF, {"type": "null"}],
+                "description": "A hosted agent to send as; default: the node's operator agent.",
+            },
+            "wait": {"type": "boolean", "default": False, "description": "Wait for the reply."},
+            "timeout": {
+                "type": "number",
+                "exclusiveMinimum": 0,
+                "maximum": 300,
+                "default": 10,
+                "description": "Seconds to wait for the reply.",
+            },
+            "reliable": {"type": "boolean", "default": False, "description": "At least once."},
+            "reply_to": {
+                "anyOf": [_MSG_ID, {"type": "null"}],
+                "description": "Answer this request (an external agent replying).",
+            },
+        },
+    },
+    "SendResult": {
+        "type": "object",
+        "required": ["id", "from", "outcome"],
+        "properties": {
+            "id": _MSG_ID,
+            "from": _AGENT_ID,
+            "outcome": {
+                "type": "string",
+                "description": "delivered, queued, published, not_here, gone, timeout, "
+                "rejected:<reason>...",
+            },
+            "detail": {"type": "string"},
+            "reply": {
+                "type": "object",
+                "required": ["from", "kind", "body", "id"],
+                "properties": {
+                    "from": _AGENT_ID,
+                    "kind": {"type": "string"},
+                    "body": _JSON_VALUE,
+                    "id": _MSG_ID,
+                },
+            },
+        },
+    },
+}
+SCHEMAS.update(_AGENT_SCHEMAS)
+
 # The error statuses any route may answer with, besides its own success response.
 _COMMON_ERRORS: dict[str, str] = {
     "401": "Missing or wrong bearer token (TCP listener only).",

@@ -6,6 +6,7 @@ request must carry `Authorization: Bearer <token>`, the token being the content 
 in the data directory. The node exposes itself to the API only through `NodeView`.
 
 Routes live in one table, `ENDPOINTS`: the app and its OpenAPI document are both built from it.
+The agent routes are defined in `meshd.api.agents` and spliced into the table.
 To add a route, write an async handler `(view, request) -> JSON-able data` (or a Starlette
 `Response`), add a line to `ENDPOINTS` (and a schema to `meshd.api.openapi.SCHEMAS` if the
 response shape is new), and add the method it needs to `NodeView`. Handlers signal expected
@@ -22,8 +23,8 @@ import os
 import secrets
 import socket
 import stat
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import partial
 from http import HTTPStatus
 from pathlib import Path
@@ -42,7 +43,9 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from meshd import __version__
-from meshd.api.openapi import QueryParam, build_openapi
+from meshd.api.agents import AGENT_ENDPOINTS
+from meshd.api.base import ApiProblem, Endpoint, Handler
+from meshd.api.openapi import build_openapi
 from meshd.paths import API_SOCKET, API_TOKEN
 
 if TYPE_CHECKING:
@@ -50,12 +53,16 @@ if TYPE_CHECKING:
     # prefers) lack it; trio_typing.TaskStatus is what those stubs use (as meshd/node.py does).
     from trio_typing import TaskStatus
 
+    from meshd.runtime.runtime import Runtime
+
 __all__ = [
     "ENDPOINTS",
+    "AgentsView",
     "ApiAddresses",
     "ApiProblem",
     "ApiServerError",
     "Endpoint",
+    "Handler",
     "NodeView",
     "build_app",
     "error_body",
@@ -97,14 +104,17 @@ class NodeView(Protocol):
         ...
 
 
-class ApiProblem(Exception):
-    """An expected failure of a request, answered as a JSON error with this status and code."""
+class AgentsView(NodeView, Protocol):
+    """A `NodeView` that hosts agents: what the agent routes (`meshd.api.agents`) need.
 
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
+    A separate protocol so that a view without agents still serves the other routes; the
+    agent routes answer 503 `no_runtime` on such a view (or when `runtime` raises).
+    """
+
+    @property
+    def runtime(self) -> Runtime:
+        """The node's agent runtime."""
+        ...
 
 
 class ApiServerError(Exception):
@@ -117,24 +127,6 @@ class ApiAddresses:
 
     socket: Path
     tcp: str | None = None  # "host:port" with the real port, when TCP is enabled
-
-
-Handler = Callable[[NodeView, Request], Awaitable[Any]]
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """One route: the handler that serves it and what the OpenAPI document says about it."""
-
-    method: str
-    path: str  # Starlette path syntax without converters, which is also OpenAPI's: /v1/x/{id}
-    operation_id: str
-    summary: str
-    response: str  # name of the success response schema in meshd.api.openapi.SCHEMAS
-    handler: Handler
-    query: Sequence[QueryParam] = ()
-    request_body: str | None = None  # schema name of the JSON body, for POST routes
-    errors: Mapping[int, str] = field(default_factory=dict)  # route-specific error statuses
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
@@ -179,6 +171,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "GET", "/openapi.json", "getOpenApi", "This document.", "OpenApiDocument", _get_openapi
     ),
+    *AGENT_ENDPOINTS,
 )
 
 

@@ -1,0 +1,672 @@
+"""The agent routes of the control API: spawn, list, show, lifecycle, send, external attach.
+
+Every route here reads the node's `Runtime` through `AgentsView.runtime` and answers JSON.
+Agents are named in paths and bodies by their `did:key:z...` id or by the name they were
+spawned with. Failures are `ApiProblem`s: 400 bad input, 404 unknown agent, 409 illegal
+lifecycle transition (or name taken, or not an external agent), 422 unknown kind, 429 a quota
+(the code is the quota's reason: `max_agents`, `spawn_rate`, `budget`, or `inbox_full`), 503
+when the node runs no agent runtime.
+
+Message bodies are JSON on the way in (any JSON value is plain CBOR) and plain CBOR on the
+way out, shown as JSON: byte strings become `{"$base64": "..."}`, integer map keys become
+text, non-finite floats become the strings "NaN", "Infinity", "-Infinity".
+
+External agents (kind `external`) live in another process, which attaches over HTTP:
+
+    GET  /v1/agents/{id}/inbox?wait=30&limit=100   -> [{seq, id, from, kind, body, reply_to,
+                                                       topic, created_ms}, ...]
+    POST /v1/agents/{id}/inbox/ack  {"seq": N}      -> removes every message with seq <= N
+    POST /v1/send {"from": id, "to": ..., "body": ..., "reply_to": <msg id>}  -> answers
+
+The GET returns what waits at once, or long-polls up to `wait` seconds for the first message.
+Messages stay in the agent's persistent inbox until acked, so a client that dies before its
+ack gets them again (at least once: dedupe by `id`). `meshd agent attach` is such a client.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import math
+import re
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
+from json import JSONDecodeError
+from typing import TYPE_CHECKING, Any
+
+import trio
+from starlette.requests import Request
+
+from meshd.api.base import ApiProblem, Endpoint
+from meshd.api.openapi import QueryParam
+from meshd.runtime import AgentError, LifecycleError, QuotaExceeded, Runtime, State, UnknownAgent
+from meshd.runtime.kinds import KindError
+from meshd.store import AgentGone, AgentNotFound, DuplicateAgent, InboxFull
+from protocol.envelope import MSG_ID_LEN, Envelope
+from protocol.errors import LocalProtocolError, RemoteProtocolError
+from protocol.ids import AgentId
+
+if TYPE_CHECKING:
+    from meshd.api.server import NodeView
+
+__all__ = [
+    "AGENT_ENDPOINTS",
+    "INBOX_MAX",
+    "LIST_MAX",
+    "MAX_SPAWN_PER_REQUEST",
+    "SPAWN_INFOS",
+    "WAIT_MAX_S",
+    "jsonable",
+]
+
+log = logging.getLogger("meshd.api.agents")
+
+# One request spawns at most this many agents: bigger spawns are split by the client (the CLI
+# sends 20,000 per request), so that each request commits and answers in seconds.
+MAX_SPAWN_PER_REQUEST = 100_000
+# A spawn answers with the descriptions of at most this many of the agents it created.
+SPAWN_INFOS = 1_000
+LIST_MAX = 10_000
+INBOX_MAX = 1_000
+WAIT_MAX_S = 300.0
+SEND_TIMEOUT_MAX_S = 300.0
+# A long poll re-reads the inbox at least this often: `Runtime.wait_inbox` can miss a message
+# queued between our read and its registration, and a resumed agent wakes no waiter.
+_POLL_SLICE_S = 1.0
+_DID_PREFIX = "did:"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+# The runtime finds its operator agent by this name; another agent must not take it.
+_RESERVED_NAMES = frozenset({"operator"})
+_STATES = tuple(state.value for state in State)
+
+
+# --- request parsing -------------------------------------------------------------------------
+
+
+def _bad(message: str, code: str = "bad_request") -> ApiProblem:
+    return ApiProblem(400, code, message)
+
+
+def _runtime(view: NodeView) -> Runtime:
+    """The node's runtime, or 503 when this view hosts no agents."""
+    try:
+        runtime = getattr(view, "runtime", None)
+    except RuntimeError:  # Node.runtime says so when the node runs without one
+        runtime = None
+    if not isinstance(runtime, Runtime):
+        raise ApiProblem(503, "no_runtime", "this node runs no agent runtime")
+    return runtime
+
+
+async def _json_object(request: Request, what: str) -> dict[str, Any]:
+    try:
+        data = await request.json()
+    except (JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _bad(f"{what}: the body is not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise _bad(f"{what}: the body must be a JSON object, not {type(data).__name__}")
+    return data
+
+
+class _Fields:
+    """Typed reads of a JSON request object; every refusal is a 400 naming the field."""
+
+    def __init__(self, data: dict[str, Any], what: str, allowed: Collection[str]) -> None:
+        unknown = sorted(set(data) - set(allowed))
+        if unknown:
+            raise _bad(
+                f"unknown field {unknown[0]!r} in the {what} request "
+                f"(fields: {', '.join(sorted(allowed))})"
+            )
+        self.data = data
+
+    def _fail(self, key: str, wanted: str) -> ApiProblem:
+        return _bad(f"{key!r} must be {wanted}, got {self.data[key]!r:.80}")
+
+    def has(self, key: str) -> bool:
+        """Whether the field is present (even as null)."""
+        return key in self.data
+
+    def text(self, key: str, *, max_len: int = 256) -> str | None:
+        """A string field of 1..max_len characters, or None when absent or null."""
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not 0 < len(value) <= max_len:
+            raise self._fail(key, f"a string of 1..{max_len} characters")
+        return value
+
+    def integer(self, key: str, *, low: int, high: int) -> int | None:
+        """An integer field in [low, high], or None when absent or null."""
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise self._fail(key, f"an integer from {low} to {high}")
+        return value
+
+    def number(self, key: str, *, low: float, high: float, open_low: bool = False) -> float | None:
+        """A finite number in [low, high] (or (low, high]), or None when absent or null."""
+        value = self.data.get(key)
+        if value is None:
+            return None
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        ok = ok and math.isfinite(value) and (value > low if open_low else value >= low)
+        if not ok or value > high:
+            bound = "more than" if open_low else "at least"
+            raise self._fail(key, f"a number {bound} {low:g} and at most {high:g}")
+        return float(value)
+
+    def flag(self, key: str) -> bool:
+        """A boolean field, false when absent or null."""
+        value = self.data.get(key)
+        if value is None:
+            return False
+        if not isinstance(value, bool):
+            raise self._fail(key, "true or false")
+        return value
+
+    def texts(self, key: str, *, max_len: int = 64, max_items: int = 64) -> list[str]:
+        """A list of strings, empty when absent or null."""
+        value = self.data.get(key)
+        if value is None:
+            return []
+        wanted = f"a list of at most {max_items} strings of 1..{max_len} characters"
+        if not isinstance(value, list) or len(value) > max_items:
+            raise self._fail(key, wanted)
+        for item in value:
+            if not isinstance(item, str) or not 0 < len(item) <= max_len:
+                raise self._fail(key, wanted)
+        return value
+
+    def mapping(self, key: str) -> dict[str, Any]:
+        """A JSON object field, empty when absent or null."""
+        value = self.data.get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self._fail(key, "a JSON object")
+        return value
+
+
+def _query(request: Request, allowed: Collection[str]) -> dict[str, str]:
+    params = request.query_params
+    for key in params:
+        if key not in allowed:
+            known = ", ".join(sorted(allowed)) or "none"
+            raise _bad(f"unknown query parameter {key!r} (parameters: {known})")
+    return {key: params[key] for key in params}
+
+
+def _query_int(params: dict[str, str], key: str, default: int, low: int, high: int) -> int:
+    text = params.get(key)
+    if text is None or text == "":
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise _bad(f"query parameter {key!r} must be an integer from {low} to {high}, got {text!r}")
+    return value
+
+
+def _query_float(params: dict[str, str], key: str, default: float, high: float) -> float:
+    text = params.get(key)
+    if text is None or text == "":
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= high:  # also refuses nan
+        raise _bad(f"query parameter {key!r} must be a number from 0 to {high:g}, got {text!r}")
+    return value
+
+
+def _check_name(name: str) -> str:
+    if name in _RESERVED_NAMES:
+        raise _bad(f"name {name!r} is reserved for the node's operator agent")
+    if not _NAME_RE.match(name):
+        raise _bad(
+            f"invalid name {name!r}: 1..64 letters, digits, '.', '_' or '-', starting with a "
+            "letter or digit"
+        )
+    return name
+
+
+async def _resolve(runtime: Runtime, text: str, role: str = "agent") -> AgentId:
+    """The agent named by `text`: a did:key id (hosted here or not) or a local name."""
+    if text.startswith(_DID_PREFIX):
+        try:
+            return AgentId.from_did(text)
+        except ValueError as exc:
+            raise _bad(f"{role}: {exc}", "bad_agent_id") from exc
+    try:
+        return await runtime.find_by_name(text)
+    except UnknownAgent as exc:
+        message = str(exc) if role == "agent" else f"{role}: {exc}"
+        raise ApiProblem(404, "unknown_agent", message) from exc
+
+
+async def _hosted(runtime: Runtime, request: Request) -> AgentId:
+    """The agent of the `{id}` path parameter, which must be hosted here."""
+    agent = await _resolve(runtime, request.path_params["id"])
+    if runtime.state_of(agent) is None:
+        raise ApiProblem(404, "unknown_agent", f"no agent {agent.did} on this node")
+    return agent
+
+
+@contextmanager
+def _runtime_errors(subject: str) -> Iterator[None]:
+    """Turn the runtime's refusals into API problems whose message names `subject`."""
+    try:
+        yield
+    except (UnknownAgent, AgentNotFound, AgentGone) as exc:
+        raise ApiProblem(404, "unknown_agent", str(exc)) from exc
+    except LifecycleError as exc:
+        raise ApiProblem(409, "illegal_transition", f"{subject}: {exc}") from exc
+    except QuotaExceeded as exc:
+        raise ApiProblem(429, exc.reason, f"{subject}: {exc}") from exc
+    except InboxFull as exc:
+        raise ApiProblem(429, "inbox_full", str(exc)) from exc
+    except KindError as exc:
+        raise ApiProblem(422, "unknown_kind", str(exc)) from exc
+    except (AgentError, LocalProtocolError) as exc:
+        raise _bad(f"{subject}: {exc}") from exc
+
+
+# --- JSON out --------------------------------------------------------------------------------
+
+
+def jsonable(value: Any) -> Any:
+    """Plain CBOR data as JSON data (bytes as {"$base64": ...}, keys as text, inf/nan as text)."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"$base64": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, dict):
+        return {(k if isinstance(k, str) else str(k)): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(item) for item in value]
+    # Not plain CBOR (the decoder refuses tags); say what it was rather than fail the request.
+    return repr(value)
+
+
+def _message_json(seq: int, frame: bytes) -> dict[str, Any]:
+    try:
+        envelope = Envelope.decode(frame)
+    except RemoteProtocolError as exc:
+        # It was checked when it arrived; still, the client must be able to ack past it.
+        log.warning("inbox frame %d cannot be decoded: %s", seq, exc)
+        return {
+            "seq": seq,
+            "id": None,
+            "from": None,
+            "kind": None,
+            "body": None,
+            "reply_to": None,
+            "topic": None,
+            "created_ms": None,
+            "error": f"undecodable message: {exc}",
+        }
+    recipient = envelope.recipient
+    return {
+        "seq": seq,
+        "id": envelope.msg_id.hex(),
+        "from": envelope.sender.did,
+        "kind": envelope.kind,
+        "body": jsonable(envelope.body),
+        "reply_to": envelope.reply_to.hex() if envelope.reply_to is not None else None,
+        "topic": recipient if isinstance(recipient, str) else None,
+        "created_ms": envelope.created_ms,
+    }
+
+
+# --- handlers --------------------------------------------------------------------------------
+
+_SPAWN_FIELDS = ("kind", "count", "caps", "ttl", "name", "state", "budget", "parent")
+
+
+async def _spawn(view: NodeView, request: Request) -> Any:
+    runtime = _runtime(view)
+    fields = _Fields(await _json_object(request, "spawn"), "spawn", _SPAWN_FIELDS)
+    kind = fields.text("kind", max_len=256)
+    if kind is None:
+        raise _bad("'kind' is required (e.g. echo, counter, relay, external)")
+    count = fields.integer("count", low=1, high=MAX_SPAWN_PER_REQUEST)
+    count = 1 if count is None else count
+    caps = fields.texts("caps")
+    ttl = fields.number("ttl", low=0, high=10 * 365 * 86400, open_low=True)
+    name = fields.text("name", max_len=64)
+    if name is not None:
+        _check_name(name)
+        if count != 1:
+            raise _bad("'name' names one agent: use it with count 1")
+    state = fields.mapping("state")
+    budget = fields.integer("budget", low=0, high=2**53)
+    parent_text = fields.text("parent")
+    parent = await _resolve(runtime, parent_text, "parent") if parent_text else None
+    subject = f"spawn {count} {kind}" + (f" as {parent.did}" if parent else "")
+    try:
+        with _runtime_errors(subject):
+            infos = await runtime.spawn(
+                kind,
+                count=count,
+                caps=caps,
+                state=state,
+                ttl_s=ttl,
+                name=name,
+                parent=parent,
+                budget=budget,
+            )
+    except DuplicateAgent as exc:
+        raise ApiProblem(
+            409, "name_taken", f"an agent named {name!r} already exists on this node"
+        ) from exc
+    return {"count": count, "agents": infos[:SPAWN_INFOS]}
+
+
+async def _list(view: NodeView, request: Request) -> Any:
+    runtime = _runtime(view)
+    params = _query(request, ("state", "kind", "limit", "after"))
+    state = params.get("state") or None
+    if state is not None and state not in _STATES:
+        raise _bad(f"query parameter 'state' must be one of {', '.join(_STATES)}, got {state!r}")
+    kind = params.get("kind") or None
+    limit = _query_int(params, "limit", 100, 1, LIST_MAX)
+    after_text = params.get("after") or None
+    after = await _resolve(runtime, after_text, "after") if after_text else None
+    try:
+        agents = await runtime.list_agents(
+            lifecycle=state, kind=kind, limit=limit, after=after.raw if after else None
+        )
+    except AgentNotFound as exc:
+        raise _bad(f"after: no agent {after_text} here to continue from") from exc
+    # A full page may have a next one; a short page is the last.
+    next_after = agents[-1]["id"] if len(agents) >= limit else None
+    return {"agents": agents, "next": next_after, "counts": runtime.counts()}
+
+
+async def _show(view: NodeView, request: Request) -> Any:
+    runtime = _runtime(view)
+    _query(request, ())
+    agent = await _resolve(runtime, request.path_params["id"])
+    with _runtime_errors(agent.did):
+        info = await runtime.describe(agent)
+        info["inbox"] = await runtime.store.inbox_count(agent.raw)
+    return info
+
+
+async def _suspend(view: NodeView, request: Request) -> Any:
+    runtime = _runtime(view)
+    agent = await _hosted(runtime, request)
+    with _runtime_errors(f"agent {agent.did}"):
+        await runtime.suspend(agent)
+    return {"id": agent.did, "state": State.SUSPENDED.value}
+
+
+async def _resume(view: NodeView, request: Request) -> Any:
+    runtime = _runtime(view)
+    agent = await _hosted(runtime, request)
+    with _runtime_errors(f"agent {agent.did}"):
+        delivered = await runtime.resume(agent)
+    state = runtime.state_of(agent)
+    return {
+        "id": agent.did,
+        "state": state.value if state is not None else State.GONE.value,
+        "delivered": delivered,
+    }
+
+
+async def _delete(view: NodeView, request: Request) -> Any:
+    runtime = _runtime(view)
+    agent = await _hosted(runtime, request)
+    with _runtime_errors(f"agent {agent.did}"):
+        await runtime.delete(agent)
+    return {"id": agent.did, "state": State.GONE.value}
+
+
+async def _external(runtime: Runtime, request: Request) -> AgentId:
+    agent = await _hosted(runtime, request)
+    if not runtime.is_external(agent):
+        raise ApiProblem(
+            409,
+            "not_external",
+            f"agent {agent.did} is not an external agent: its behaviour runs in the node, "
+            "which consumes its inbox",
+        )
+    return agent
+
+
+async def _read_inbox(view: NodeView, request: Request) -> Any:
+    runtime = _runtime(view)
+    params = _query(request, ("wait", "limit"))
+    wait = _query_float(params, "wait", 0.0, WAIT_MAX_S)
+    limit = _query_int(params, "limit", 100, 1, INBOX_MAX)
+    agent = await _external(runtime, request)
+    deadline = trio.current_time() + wait
+    while True:
+        state = runtime.state_of(agent)
+        if state is None:
+            raise ApiProblem(404, "unknown_agent", f"agent {agent.did} was deleted")
+        # A suspended agent's inbox is held: nothing is handed out until it is resumed.
+        if state is not State.SUSPENDED:
+            items = await runtime.store.inbox_take(agent.raw, limit)
+            if items:
+                return [_message_json(seq, frame) for seq, frame in items]
+        remaining = deadline - trio.current_time()
+        if remaining <= 0:
+            return []
+        await runtime.wait_inbox(agent, min(remaining, _POLL_SLICE_S))
+
+
+async def _ack_inbox(view: NodeView, request: Request) -> Any:
+    runtime = _runtime(view)
+    fields = _Fields(await _json_object(request, "ack"), "ack", ("seq",))
+    seq = fields.integer("seq", low=0, high=2**63 - 1)
+    if seq is None:
+        raise _bad("'seq' is required: the seq of the last message handled")
+    agent = await _external(runtime, request)
+    with _runtime_errors(f"agent {agent.did}"):
+        removed = await runtime.store.inbox_ack(agent.raw, seq)
+        waiting = await runtime.store.inbox_count(agent.raw)
+    return {"acked": removed, "waiting": waiting}
+
+
+_SEND_FIELDS = ("to", "body", "kind", "from", "wait", "timeout", "reliable", "reply_to")
+
+
+async def _send(view: NodeView, request: Request) -> Any:
+    runtime = _runtime(view)
+    fields = _Fields(await _json_object(request, "send"), "send", _SEND_FIELDS)
+    to_text = fields.text("to")
+    if to_text is None:
+        raise _bad("'to' is required: an agent id (did:key:z...) or a local agent's name")
+    if not fields.has("body"):
+        raise _bad("'body' is required (any JSON value)")
+    body = fields.data["body"]
+    kind = fields.text("kind", max_len=64) or "msg"
+    wait = fields.flag("wait")
+    reliable = fields.flag("reliable")
+    timeout = fields.number("timeout", low=0, high=SEND_TIMEOUT_MAX_S, open_low=True)
+    timeout = 10.0 if timeout is None else timeout
+    reply_text = fields.text("reply_to", max_len=2 * MSG_ID_LEN)
+    reply_to = _message_id(reply_text) if reply_text is not None else None
+    if reply_to is not None and wait:
+        raise _bad("'wait' and 'reply_to' cannot be combined: a reply gets no reply")
+    to = await _resolve(runtime, to_text, "to")
+    from_text = fields.text("from")
+    if from_text is not None:
+        sender = await _resolve(runtime, from_text, "from")
+        if runtime.state_of(sender) is None:
+            raise ApiProblem(404, "unknown_agent", f"from: no agent {sender.did} on this node")
+    with _runtime_errors(f"send to {to.did}"):
+        if from_text is None:
+            sender = await runtime.operator()
+        if reply_to is not None:
+            return await _send_reply(runtime, sender, to, kind, body, reply_to, reliable)
+        result = await runtime.send_as(
+            sender, to, body, kind=kind, reliable=reliable, wait=wait, timeout=timeout
+        )
+    return jsonable(result)
+
+
+def _message_id(text: str) -> bytes:
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        raw = b""
+    if len(raw) != MSG_ID_LEN:
+        raise _bad(f"'reply_to' must be a message id ({2 * MSG_ID_LEN} hex digits)")
+    return raw
+
+
+async def _send_reply(
+    runtime: Runtime,
+    sender: AgentId,
+    to: AgentId,
+    kind: str,
+    body: Any,
+    reply_to: bytes,
+    reliable: bool,
+) -> dict[str, Any]:
+    """Answer a request as `sender` (what `Runtime.send_as` cannot do: it sets no reply_to)."""
+    key = await runtime.signing_key(sender)
+    envelope = Envelope.create(
+        key,
+        to,
+        kind,
+        body,
+        now_ms=runtime.clock(),
+        ttl_ms=runtime.settings.envelope_ttl_ms,
+        reply_to=reply_to,
+    )
+    report = await runtime.messenger.send(envelope, reliable=reliable)
+    result: dict[str, Any] = {
+        "id": envelope.msg_id.hex(),
+        "from": sender.did,
+        "outcome": report.outcome,
+    }
+    if report.detail:
+        result["detail"] = report.detail
+    return result
+
+
+# --- the routes ------------------------------------------------------------------------------
+
+_NOT_FOUND = {404: "No such agent on this node (by id or name)."}
+_BAD = {400: "Invalid input; the message names the field.", 503: "The node hosts no agents."}
+_LIFECYCLE = {**_BAD, **_NOT_FOUND, 409: "Not allowed in the agent's current state."}
+_EXTERNAL = {**_BAD, **_NOT_FOUND, 409: "The agent is not an external agent."}
+
+AGENT_ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint(
+        "POST",
+        "/v1/agents",
+        "spawnAgents",
+        "Spawn agents (dormant, durable once answered).",
+        "SpawnResult",
+        _spawn,
+        request_body="SpawnRequest",
+        errors={
+            **_BAD,
+            404: "The parent agent is not hosted here.",
+            409: "The name is taken.",
+            422: "Unknown kind.",
+            429: "A quota refused: the code is max_agents, spawn_rate or budget.",
+        },
+    ),
+    Endpoint(
+        "GET",
+        "/v1/agents",
+        "listAgents",
+        "List hosted agents, in creation order.",
+        "AgentList",
+        _list,
+        query=(
+            QueryParam("state", description=f"Only agents in this state: {', '.join(_STATES)}."),
+            QueryParam("kind", description="Only agents of this kind."),
+            QueryParam("limit", "integer", f"Page size, 1..{LIST_MAX} (default 100)."),
+            QueryParam("after", description="Continue after this agent (the previous `next`)."),
+        ),
+        errors=_BAD,
+    ),
+    Endpoint(
+        "GET",
+        "/v1/agents/{id}",
+        "getAgent",
+        "Describe one agent (id or name); `inbox` counts waiting messages.",
+        "AgentInfo",
+        _show,
+        errors={**_BAD, **_NOT_FOUND},
+    ),
+    Endpoint(
+        "POST",
+        "/v1/agents/{id}/suspend",
+        "suspendAgent",
+        "Suspend an agent: its messages wait in its inbox.",
+        "LifecycleResult",
+        _suspend,
+        errors=_LIFECYCLE,
+    ),
+    Endpoint(
+        "POST",
+        "/v1/agents/{id}/resume",
+        "resumeAgent",
+        "Resume a suspended agent and deliver what waited.",
+        "LifecycleResult",
+        _resume,
+        errors=_LIFECYCLE,
+    ),
+    Endpoint(
+        "POST",
+        "/v1/agents/{id}/delete",
+        "deleteAgent",
+        "Delete an agent (tombstoned; senders get not_here).",
+        "LifecycleResult",
+        _delete,
+        errors=_LIFECYCLE,
+    ),
+    Endpoint(
+        "GET",
+        "/v1/agents/{id}/inbox",
+        "readInbox",
+        "An external agent's waiting messages, oldest first; long-polls when empty.",
+        "InboxMessages",
+        _read_inbox,
+        query=(
+            QueryParam("wait", "number", f"Seconds to wait for a message, 0..{WAIT_MAX_S:g}."),
+            QueryParam("limit", "integer", f"Most messages to return, 1..{INBOX_MAX}."),
+        ),
+        errors=_EXTERNAL,
+    ),
+    Endpoint(
+        "POST",
+        "/v1/agents/{id}/inbox/ack",
+        "ackInbox",
+        "Remove an external agent's messages up to and including `seq`.",
+        "AckResult",
+        _ack_inbox,
+        request_body="AckRequest",
+        errors=_EXTERNAL,
+    ),
+    Endpoint(
+        "POST",
+        "/v1/send",
+        "sendMessage",
+        "Send a signed message as a hosted agent (default: the operator agent).",
+        "SendResult",
+        _send,
+        request_body="SendRequest",
+        errors={
+            **_BAD,
+            404: "The sender (or a named recipient) is not hosted here.",
+            429: "The recipient's inbox is full (inbox_full).",
+        },
+    ),
+)
