@@ -607,8 +607,10 @@ def _run_and_kill(path: Path, run: int, acks_before_kill: int) -> list[str]:
         watchdog.cancel()
     assert len(lines) == acks_before_kill, f"writer stopped early: {err[-2000:]}"
     assert proc.returncode == -signal.SIGKILL
-    # Lines already in the pipe when the kill landed were acknowledged too.
-    return lines + rest.splitlines()
+    # Lines already in the pipe when the kill landed were acknowledged too; a line cut off
+    # by the kill (no newline yet) was not fully printed, so it does not count.
+    complete = ("".join(lines) + rest).split("\n")[:-1]
+    return [line for line in complete if line.strip()]
 
 
 async def _check_acknowledged(path: Path, run: int, lines: list[str]) -> tuple[int, int]:
