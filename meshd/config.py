@@ -25,7 +25,7 @@ from typing import Any
 
 from meshd.net.addrs import BootstrapAddr, parse_bootstrap_addr, parse_listen_addr
 from meshd.paths import CONFIG_FILE
-from meshd.runtime.runtime import RuntimeSettings
+from meshd.runtime.settings import RuntimeSettings
 
 __all__ = [
     "DEFAULT_LISTEN",

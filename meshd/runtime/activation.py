@@ -33,6 +33,7 @@ class Activation:
         "caps",
         "ctx",
         "done",
+        "idle",
         "inbox",
         "key",
         "kind",
@@ -65,6 +66,7 @@ class Activation:
         # (message, the ack owed to an at-least-once sender, or None)
         self.inbox: deque[tuple[Message, Any]] = deque()
         self.running = False
+        self.idle: trio.Event | None = None  # set when a running drain finishes
         self.stopping = False
         self.done = False
         self.key: SigningKey | None = None

@@ -34,8 +34,10 @@ from meshd.runtime.lifecycle import LifecycleError, State, UnknownAgent, check_t
 from meshd.runtime.quota import QuotaExceeded, TokenBucket
 from meshd.runtime.records import birth_cert
 from meshd.runtime.sdk import AgentError, DeliveryReport, Message
-from meshd.store import AgentRow, InboxFull, Store, StoreError
+from meshd.runtime.settings import RuntimeSettings
+from meshd.store import AgentRow, DuplicateAgent, InboxFull, Store, StoreError
 from protocol.envelope import Envelope
+from protocol.errors import LocalProtocolError
 from protocol.ids import AgentId, SigningKey
 
 if TYPE_CHECKING:
@@ -56,29 +58,6 @@ _SPAWN_CHUNK = 5_000
 _LIST_MAX = 10_000
 _EXTERNAL = "external"
 OPERATOR_NAME = "operator"
-
-
-@dataclass(frozen=True, slots=True)
-class RuntimeSettings:
-    """Limits and timings of the runtime (config keys `agents.*`)."""
-
-    max_agents: int = 2_000_000
-    max_active: int = 10_000
-    idle_evict_s: float = 60.0
-    spawn_rate: float = 50_000.0
-    spawn_burst: float = 200_000.0
-    default_budget: int = 1_000
-    inbox_limit: int = 1_000
-    max_handlers: int = 256
-    sweep_interval_s: float = 1.0
-    envelope_ttl_ms: int = 60_000
-
-    def __post_init__(self) -> None:
-        for name in ("max_agents", "max_active", "inbox_limit", "max_handlers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"agents.{name} must be at least 1")
-        if self.idle_evict_s <= 0 or self.sweep_interval_s <= 0:
-            raise ValueError("agents.idle_evict_s and agents.sweep_interval_s must be positive")
 
 
 class Messenger(Protocol):
@@ -189,6 +168,7 @@ class RuntimeStats:
     inbox_full: int = 0
     queued: int = 0
     duplicates: int = 0
+    unclaimed_replies: int = 0
     quota_refusals: dict[str, int] = field(default_factory=dict)
 
 
@@ -229,6 +209,7 @@ class Runtime:
         self._activating: dict[bytes, trio.Event] = {}
         self._pending: dict[bytes, tuple[bytes, ReplySlot]] = {}
         self._inflight: dict[bytes, _Ack] = {}
+        self._operator: bytes | None = None
         self._inbox_waiters: dict[bytes, trio.Event] = {}
         self._spawn_bucket = TokenBucket(self.settings.spawn_rate, self.settings.spawn_burst)
         self._spawn_lock = trio.Lock()
@@ -248,6 +229,8 @@ class Runtime:
                 if kind == _EXTERNAL:
                     self._external.add(agent_id)
         log.info("runtime: %d agents hosted", len(self._index))
+        with contextlib.suppress(UnknownAgent):
+            self._operator = (await self.find_by_name(OPERATOR_NAME)).raw
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._sweep_loop)
@@ -294,6 +277,7 @@ class Runtime:
             "inbox_full": self.stats.inbox_full,
             "queued": self.stats.queued,
             "duplicates": self.stats.duplicates,
+            "unclaimed_replies": self.stats.unclaimed_replies,
             "quota_refusals": dict(self.stats.quota_refusals),
         }
 
@@ -336,17 +320,25 @@ class Runtime:
                 if len(rows) >= limit:
                     break
             return [self._info(row) for row in rows]
-        stored = "dormant" if lifecycle in (None, "dormant") else lifecycle
-        rows = await self.store.list_agents(
-            lifecycle=stored if lifecycle is not None else None,
-            kind=kind,
-            limit=limit,
-            after=after,
-        )
-        infos = [self._info(row) for row in rows if row.lifecycle != State.GONE.value or lifecycle]
-        if lifecycle == State.DORMANT.value:
-            infos = [info for info in infos if info["state"] == State.DORMANT.value]
-        return infos
+        # The store keeps active agents as dormant, and gone ones as tombstones: filter, and
+        # page on until the page is full, so a short page means there is no more.
+        infos: list[dict[str, Any]] = []
+        cursor = after
+        while len(infos) < limit:
+            rows = await self.store.list_agents(
+                lifecycle=lifecycle, kind=kind, limit=limit, after=cursor
+            )
+            for row in rows:
+                if row.lifecycle == State.GONE.value and lifecycle != State.GONE.value:
+                    continue
+                info = self._info(row)
+                if lifecycle == State.DORMANT.value and info["state"] != State.DORMANT.value:
+                    continue
+                infos.append(info)
+            if len(rows) < limit:
+                break
+            cursor = rows[-1].id
+        return infos[:limit]
 
     def _info(self, row: AgentRow) -> dict[str, Any]:
         state = self.state_of(AgentId(row.id))
@@ -420,18 +412,11 @@ class Runtime:
                 f"node holds {len(self._index)} agents; {count} more would pass the quota "
                 f"of {settings.max_agents}",
             )
-        if not self._spawn_bucket.try_take(count, trio.current_time()):
-            wait = self._spawn_bucket.wait_time(count, trio.current_time())
-            hint = f"retry in {wait:.1f} s" if math.isfinite(wait) else "use a smaller --count"
-            raise self._refuse(
-                "spawn_rate",
-                f"spawn rate limit ({settings.spawn_rate:.0f}/s, burst "
-                f"{settings.spawn_burst:.0f}): {hint}",
-            )
         now = self.clock()
         child_budget = settings.default_budget if budget is None else budget
         if child_budget < 0:
             raise AgentError("budget must be >= 0")
+        parent_row = None
         if parent is not None:
             parent_row = await self.store.get_agent(parent.raw)
             if parent_row is None or parent_row.lifecycle == State.GONE.value:
@@ -445,6 +430,20 @@ class Runtime:
                     f"agent {parent.did} has a spawn budget of {parent_row.budget}; "
                     f"{count} children with budget {child_budget} each cost {cost}",
                 )
+        if name is not None:
+            existing = await self.store.get_agent_by_name(name)
+            if existing is not None and existing.lifecycle != State.GONE.value:
+                raise DuplicateAgent("spawn", existing.id, f"the name {name!r} is taken")
+        # The rate is charged last, so a spawn refused for another reason costs nothing.
+        if not self._spawn_bucket.try_take(count, trio.current_time()):
+            wait = self._spawn_bucket.wait_time(count, trio.current_time())
+            hint = f"retry in {wait:.1f} s" if math.isfinite(wait) else "use a smaller --count"
+            raise self._refuse(
+                "spawn_rate",
+                f"spawn rate limit ({settings.spawn_rate:.0f}/s, burst "
+                f"{settings.spawn_burst:.0f}): {hint}",
+            )
+        if parent is not None and parent_row is not None:
             # Pin the parent's certificate before its budget first drops: it must keep
             # naming the budget the parent was born with.
             pinned = None if parent_row.birth_cert else (await birth_cert(self, parent)).encoded
@@ -531,6 +530,11 @@ class Runtime:
                 return "delivered"
         if recipient.raw not in self._index:
             return "not_here"
+        if envelope.reply_to is not None and recipient.raw == self._operator:
+            # A reply nobody waits for any more (a `meshd send` that did not --wait, or that
+            # timed out): the operator is no agent, so there is no one to keep it for.
+            self.stats.unclaimed_replies += 1
+            return "delivered"
         if not reliable:
             return await self._deliver_once(recipient, envelope, None)
         # At-least-once: the sender retries until we answer, so a copy may come again while
@@ -661,11 +665,15 @@ class Runtime:
                     else:
                         await self._commit_delivery(activation, message, ack)
                     if activation.done:
+                        # Not running any more: delete() must not wait for this very task.
+                        activation.running = False
                         await self.delete(activation.agent, reason="done")
                         return
         finally:
             activation.running = False
             activation.last_used = trio.current_time()
+            if activation.idle is not None:
+                activation.idle.set()
 
     async def _commit_delivery(self, activation: Activation, message: Message, ack: _Ack) -> None:
         """Record an at-least-once message as handled, in one write with the new state."""
@@ -735,13 +743,18 @@ class Runtime:
                 ttl_ms=self.settings.envelope_ttl_ms,
                 reply_to=reply_to,
             )
-        except ValueError as exc:
+        except (ValueError, LocalProtocolError) as exc:
             raise AgentError(f"cannot build the message: {exc}") from exc
 
     # -- lifecycle ---------------------------------------------------------------------
 
     async def _stop(self, activation: Activation) -> None:
         activation.stopping = True
+        if activation.running:
+            # Let the handler in progress finish and save its state first (bounded).
+            activation.idle = activation.idle or trio.Event()
+            with trio.move_on_after(10):
+                await activation.idle.wait()
         for _message, ack in activation.inbox:
             if ack is not None:
                 ack.finish("rejected:unavailable")  # not handled: the sender will retry
@@ -836,10 +849,12 @@ class Runtime:
     async def operator(self) -> AgentId:
         """This node's operator agent: what `meshd send` sends as when no --from is given."""
         try:
-            return await self.find_by_name(OPERATOR_NAME)
+            agent = await self.find_by_name(OPERATOR_NAME)
         except UnknownAgent:
             infos = await self.spawn(_EXTERNAL, name=OPERATOR_NAME, budget=0)
-            return AgentId.from_did(infos[0]["id"])
+            agent = AgentId.from_did(infos[0]["id"])
+        self._operator = agent.raw
+        return agent
 
     async def send_as(
         self,
@@ -851,6 +866,7 @@ class Runtime:
         reliable: bool = False,
         wait: bool = False,
         timeout: float = 10.0,
+        reply_to: bytes | None = None,
     ) -> dict[str, Any]:
         """Sign and send a message as a hosted agent; with `wait`, also wait for its reply."""
         key = await self.signing_key(sender)
@@ -862,8 +878,9 @@ class Runtime:
                 body,
                 now_ms=self.clock(),
                 ttl_ms=max(self.settings.envelope_ttl_ms, int(timeout * 1000)),
+                reply_to=reply_to,
             )
-        except ValueError as exc:
+        except (ValueError, LocalProtocolError) as exc:
             raise AgentError(f"cannot build the message: {exc}") from exc
         result: dict[str, Any] = {"id": envelope.msg_id.hex(), "from": sender.did}
         if isinstance(envelope.recipient, str):

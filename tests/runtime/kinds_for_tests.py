@@ -52,3 +52,13 @@ def reset() -> None:
     RECEIVED.clear()
     STARTED.clear()
     STOPPED.clear()
+
+
+class Slow(Agent):
+    """Takes a while in its handler and counts in state (to stop it mid-handler)."""
+
+    async def on_message(self, ctx: Context, msg: Message) -> None:
+        import trio
+
+        await trio.sleep(0.2)
+        ctx.state["n"] = ctx.state.get("n", 0) + 1

@@ -308,3 +308,23 @@ async def test_at_least_once_to_a_suspended_agent_is_queued_once(tmp_path: Path)
         assert await rt.store.inbox_count(agent.raw) == 1
         assert await rt.resume(agent) == 1
         await settle(lambda: len(kinds.RECEIVED) == 1)
+
+
+async def test_lifecycle_changes_wait_for_the_running_handler(tmp_path: Path) -> None:
+    async with running(tmp_path) as rt:
+        slow = "tests.runtime.kinds_for_tests:Slow"
+        (a,) = await rt.spawn(slow)
+        (b,) = await rt.spawn(slow)
+        agent_a, agent_b = AgentId.from_did(a["id"]), AgentId.from_did(b["id"])
+        await rt.deliver(message(rt, agent_a, 1))
+        await rt.deliver(message(rt, agent_a, 2))  # still queued when suspend comes
+        await rt.deliver(message(rt, agent_b, 1))
+        await trio.sleep(0.05)  # both handlers are now mid-way
+        await rt.suspend(agent_a)  # waits for the first handler, keeps the second message
+        await rt.delete(agent_b)
+        row = await rt.store.get_agent(agent_a.raw)
+        assert row is not None
+        assert cbor2.loads(row.state) == {"n": 1}
+        assert await rt.store.inbox_count(agent_a.raw) == 1
+        assert not rt.hosts(agent_b)
+        assert rt.stats.handler_errors == 0
