@@ -8,6 +8,8 @@ import socket
 import stat
 from typing import TYPE_CHECKING
 
+from meshd.localmesh import daemon_env
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -104,6 +106,4 @@ def test_sigint_stops_cleanly(daemons: Daemons) -> None:
 
 
 def _env(**extra: str) -> dict[str, str]:
-    from tests.node.conftest import daemon_env
-
     return daemon_env(**extra)
