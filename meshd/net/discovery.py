@@ -315,4 +315,3 @@ class Discovery:
         if self._dht.routing_table.remove_peer(peer_id):
             self._counters["table_evictions"] += 1
         log.debug("dial %s failed (%d in a row): %s", peer_id, failures, _short(exc))
-

@@ -1,7 +1,8 @@
 """`Libp2pNetwork`: the `Network` a daemon runs, over py-libp2p (TCP, Noise, yamux, Kademlia).
 
 It owns the host, the DHT (server mode, `/meshd/kad/1.0.0`, `/ma/` validator, strict
-namespaces) and the discovery service, all inside the nursery of `serve`. Connection
+namespaces), the discovery service and the message streams (`/meshd/msg/1.0.0`,
+`meshd.net.streams`), all inside the nursery of `serve`. Connection
 events come from a swarm notifee; they update our own table of connected peers (with
 the trio time each connected) and go to the node as `NetEvent`s over a bounded channel
 with `send_nowait`, because a notifee runs inline in py-libp2p's connection path and
@@ -30,15 +31,19 @@ from meshd.net.addrs import BootstrapAddr
 from meshd.net.discovery import Discovery, DiscoverySettings
 from meshd.net.host import HostLimits, build_host
 from meshd.net.kad import install_kad_protocol_id
+from meshd.net.streams import MessageStreams, StreamSettings
 from meshd.net.types import (
     Listening,
+    MessageHandler,
     NetEvent,
     NetworkError,
     PeerConnected,
     PeerDisconnected,
     PeerSnapshot,
+    SendResult,
 )
 from meshd.net.validator import AGENT_RECORD_NAMESPACE, AgentRecordValidator
+from protocol.frames import Mode
 
 if TYPE_CHECKING:
     # trio 0.35 ships TaskStatus, but libp2p pulls in trio-typing whose trio-stubs (which
@@ -125,6 +130,7 @@ class Libp2pNetwork:
         limits: HostLimits | None = None,
         discovery: DiscoverySettings | None = None,
         wall_clock: WallClock = wall_ms,
+        messages: StreamSettings | None = None,
     ) -> None:
         install_kad_protocol_id()
         self._listen = [Multiaddr(addr) for addr in listen]
@@ -147,6 +153,7 @@ class Libp2pNetwork:
             self._counters,
         )
         self._notifee = _Notifee(self)
+        self._messages = MessageStreams(self._host, messages)
 
     # -- Network interface ------------------------------------------------------------
 
@@ -196,7 +203,18 @@ class Libp2pNetwork:
         """Counters: dials, walks, table admissions, rejected records, dropped events."""
         out: dict[str, Any] = dict(sorted(self._counters.items()))
         out["records_rejected"] = dict(self.validator.rejected)
+        out["messages"] = self._messages.stats()
         return out
+
+    def set_message_handler(self, handler: MessageHandler | None) -> None:
+        """Accept `/meshd/msg/1.0.0` streams and give their MSG frames to `handler`."""
+        self._messages.set_handler(handler)
+
+    async def send_message(
+        self, peer_id: str, addrs: Sequence[str], envelope: bytes, *, mode: Mode
+    ) -> SendResult:
+        """Carry one envelope to `peer_id` on its message stream and await the ACK."""
+        return await self._messages.send(peer_id, addrs, envelope, mode)
 
     async def serve(
         self,
@@ -216,6 +234,7 @@ class Libp2pNetwork:
                 reasons = [f"{a}: {_bind_error(a) or 'refused by py-libp2p'}" for a in missing]
                 raise NetworkError(f"cannot listen on {'; '.join(reasons)}")
             async with background_trio_service(self._dht), trio.open_nursery() as nursery:
+                await nursery.start(self._messages.serve)
                 await nursery.start(self._discovery.serve)
                 nursery.start_soon(self._reconcile)
                 self._emit(Listening(tuple(self.listen_addrs())))

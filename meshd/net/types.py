@@ -4,12 +4,19 @@
 TCP (`meshd.net.libp2p_net.Libp2pNetwork`) and, later, over simnet's in-memory network.
 Events flow from the network to the node over a bounded trio channel; peer ids and
 addresses are plain text (base58 PeerIDs, multiaddr strings).
+
+Messages between agents travel on `/meshd/msg/1.0.0` (framing in `protocol.frames`): the
+network carries MSG frames to a peer and their answers back (`send_message`), and hands MSG
+frames from peers to the one registered `MessageHandler` in batches (`InboundBatch`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+from protocol.frames import AckEntry, Mode, Msg
 
 if TYPE_CHECKING:
     import trio
@@ -19,8 +26,11 @@ if TYPE_CHECKING:
     from trio_typing import TaskStatus
 
 __all__ = [
+    "UNREACHABLE",
     "BootstrapDone",
+    "InboundBatch",
     "Listening",
+    "MessageHandler",
     "NetEvent",
     "Network",
     "NetworkError",
@@ -28,7 +38,11 @@ __all__ = [
     "PeerDisconnected",
     "PeerSnapshot",
     "RoutingTableChanged",
+    "SendResult",
 ]
+
+# The outcome of a message whose peer could not be reached or whose stream broke.
+UNREACHABLE = "unreachable"
 
 
 class NetworkError(Exception):
@@ -87,6 +101,40 @@ class RoutingTableChanged:
 NetEvent = Listening | PeerConnected | PeerDisconnected | BootstrapDone | RoutingTableChanged
 
 
+class SendResult(NamedTuple):
+    """What became of one message sent to a peer: the peer's ACK outcome, or `unreachable`."""
+
+    outcome: str
+    detail: str = ""
+
+
+class InboundBatch(Protocol):
+    """MSG frames read from one peer's stream; every one of them must be answered once."""
+
+    @property
+    def peer_id(self) -> str:
+        """The peer that sent them."""
+        ...
+
+    @property
+    def msgs(self) -> Sequence[Msg]:
+        """The frames, in the order the peer sent them."""
+        ...
+
+    def ack(self, entries: Sequence[AckEntry]) -> None:
+        """Answer some of the frames, in any order and over any number of calls; never blocks.
+
+        Slow answers (an at-least-once message waits for its handler) need not hold up the
+        others. A no-op once the stream is gone.
+        """
+        ...
+
+
+# Takes ownership of a batch, waiting while the node is busy (that wait is the backpressure
+# on the peer), and acks it later, so several batches can be in the works at once.
+MessageHandler = Callable[[InboundBatch], Awaitable[None]]
+
+
 class Network(Protocol):
     """What a node needs from its network; implemented by `Libp2pNetwork`."""
 
@@ -126,4 +174,18 @@ class Network(Protocol):
 
     async def close(self) -> None:
         """Close every connection politely (bounded in time); `serve` may then be cancelled."""
+        ...
+
+    def set_message_handler(self, handler: MessageHandler | None) -> None:
+        """Accept message streams and give their MSG frames to `handler` (None: refuse them)."""
+        ...
+
+    async def send_message(
+        self, peer_id: str, addrs: Sequence[str], envelope: bytes, *, mode: Mode
+    ) -> SendResult:
+        """Carry one encoded envelope to `peer_id` (dialing `addrs` if needed); await its ACK.
+
+        Waits while the peer's bounded queue is full. Cancelling gives up waiting (the message
+        may still arrive); a broken stream or failed dial gives `unreachable`.
+        """
         ...

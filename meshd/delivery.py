@@ -1,0 +1,354 @@
+"""Delivery: carries agents' messages to other nodes and checks every message that arrives.
+
+Outbound, `Delivery` is the runtime's `Messenger` while it serves: a message for an agent
+hosted here goes straight to `Runtime.deliver`; any other is located (the location table,
+then the pluggable `locate`, later the router), queued on that peer's message stream
+(`Network.send_message`: bounded per peer, so a slow peer makes its senders wait) and
+answered by the peer's ACK, or `timeout` after `send_timeout_s`, or `unreachable`.
+
+Inbound, the network hands over batches of MSG frames. Nothing reaches an agent before
+`protocol.envelope.open_envelope` passed it: size and structure, expiry and clock skew,
+recipient hosted here, signature; then the replay window. The first checks run in worker
+threads, two at a time (libsodium releases the GIL, so both cores verify and the event loop
+never stalls on them), on chunks of a batch, in order; the replay window and the delivery
+itself run on the event loop in arrival order. Every rejection is counted by reason and
+answered `rejected:<reason>`; the peer's stream and the node carry on.
+
+At-least-once (`reliable=True`): the mode travels in the MSG frame; the receiver passes it
+to `Runtime.deliver` (which dedupes and answers once the handler is done) in a task of its
+own beside the ordered loop, and ACKs it when that returns. The sender's persistent outbox
+and retries are not built yet (see `send`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import trio
+
+from meshd.clock import WallClock, wall_ms
+from meshd.net.types import UNREACHABLE, InboundBatch, Network
+from meshd.runtime.runtime import LocalMessenger, Runtime
+from meshd.runtime.sdk import DeliveryReport
+from protocol.envelope import DEFAULT_POLICY, Envelope, EnvelopePolicy, open_envelope
+from protocol.errors import RemoteProtocolError
+from protocol.frames import AckEntry, Mode, Msg, is_outcome
+from protocol.ids import AgentId
+from protocol.replay import ReplayWindow
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus
+
+__all__ = ["TIMEOUT", "Delivery", "DeliverySettings", "Locate", "Location", "LocationTable"]
+
+log = logging.getLogger("meshd.delivery")
+
+# The outcome of a message whose ACK did not come back before the deadline.
+TIMEOUT = "timeout"
+_REJECT_LOG_INTERVAL_S = 60.0
+
+
+class Location(NamedTuple):
+    """Where an agent lives: its node's peer id and, when known, the node's addresses."""
+
+    peer_id: str
+    addrs: tuple[str, ...] = ()
+
+
+# Finds the node of an agent not hosted here (the router, later), or None.
+Locate = Callable[[AgentId], Awaitable[Location | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverySettings:
+    """Deadlines, limits and parallelism of delivery."""
+
+    send_timeout_s: float = 10.0
+    verify_threads: int = 2
+    verify_chunk: int = 64
+    inbound_batches: int = 16
+    verify_ahead: int = 8
+    policy: EnvelopePolicy = DEFAULT_POLICY
+    replay_capacity: int = 500_000
+    replay_per_sender: int = 50_000
+    max_locations: int = 100_000
+    max_reliable_pending: int = 256
+
+    def __post_init__(self) -> None:
+        if self.send_timeout_s <= 0:
+            raise ValueError("send_timeout_s must be positive")
+        for name in (
+            "verify_threads",
+            "verify_chunk",
+            "inbound_batches",
+            "verify_ahead",
+            "max_reliable_pending",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+
+
+class LocationTable:
+    """Agent -> location, learned from records or replies; bounded, least recently used out."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self._capacity = capacity
+        self._table: OrderedDict[bytes, Location] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def learn(self, agent: AgentId, peer_id: str, addrs: Sequence[str] = ()) -> None:
+        """Remember that `agent` lives on `peer_id` (reachable at `addrs`)."""
+        self._table[agent.raw] = Location(peer_id, tuple(addrs))
+        self._table.move_to_end(agent.raw)
+        while len(self._table) > self._capacity:
+            self._table.popitem(last=False)
+
+    def get(self, agent: AgentId) -> Location | None:
+        """The remembered location of `agent`, or None."""
+        location = self._table.get(agent.raw)
+        if location is not None:
+            self._table.move_to_end(agent.raw)
+        return location
+
+    def forget(self, agent: AgentId, peer_id: str | None = None) -> None:
+        """Drop what we know of `agent` (only if it pointed at `peer_id`, when given)."""
+        location = self._table.get(agent.raw)
+        if location is not None and (peer_id is None or location.peer_id == peer_id):
+            del self._table[agent.raw]
+
+
+class _Job:
+    """A chunk of one inbound batch: verified in a thread, then delivered in order."""
+
+    __slots__ = ("batch", "done", "msgs", "results")
+
+    def __init__(self, batch: InboundBatch, msgs: Sequence[Msg]) -> None:
+        self.batch = batch
+        self.msgs = msgs
+        self.results: list[Envelope | RemoteProtocolError] = []
+        self.done = trio.Event()
+
+
+class Delivery:
+    """The delivery service: a `Messenger` for the runtime and the node's message handler."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        network: Network,
+        *,
+        locate: Locate | None = None,
+        settings: DeliverySettings | None = None,
+        clock: WallClock = wall_ms,
+    ) -> None:
+        self._runtime = runtime
+        self._network = network
+        self._locate = locate
+        self._settings = settings or DeliverySettings()
+        self._clock = clock
+        self.locations = LocationTable(self._settings.max_locations)
+        self._local = LocalMessenger(runtime)  # topics stay local until pub/sub lands
+        self._replay = ReplayWindow(
+            self._settings.replay_capacity, self._settings.replay_per_sender
+        )
+        self._limiter = trio.CapacityLimiter(self._settings.verify_threads)
+        # At-least-once deliveries answer only once handled: they run beside the ordered
+        # loop (a handler that waits on a message from a peer would otherwise deadlock it).
+        self._reliable_slots = trio.Semaphore(self._settings.max_reliable_pending)
+        self.sent: Counter[str] = Counter()  # outcome of each send, "local:" for local ones
+        self.received: Counter[str] = Counter()  # outcome of each message from a peer
+        self.rejected: Counter[str] = Counter()  # inbound rejections by reason
+        self._reject_logged: dict[str, float] = {}
+
+    # -- Messenger ------------------------------------------------------------------------
+
+    def learn(self, agent: AgentId, peer_id: str, addrs: Sequence[str] = ()) -> None:
+        """Remember where `agent` lives (see `LocationTable.learn`)."""
+        self.locations.learn(agent, peer_id, addrs)
+
+    async def send(self, envelope: Envelope, *, reliable: bool) -> DeliveryReport:
+        """Deliver a signed envelope to its agent, here or on another node; report the outcome.
+
+        TODO(at-least-once): with `reliable`, write the envelope to the store's outbox first
+        and retry with backoff until an ACK other than `unreachable`/`timeout` comes back.
+        """
+        recipient = envelope.recipient
+        if not isinstance(recipient, AgentId):
+            return DeliveryReport(envelope.msg_id, "rejected:wrong_recipient", "use publish")
+        if self._runtime.hosts(recipient):
+            outcome = await self._runtime.deliver(envelope, reliable=reliable)
+            self.sent["local:" + outcome] += 1
+            return DeliveryReport(envelope.msg_id, outcome)
+        location = self.locations.get(recipient)
+        if location is None and self._locate is not None:
+            location = await self._locate(recipient)
+        if location is None:
+            self.sent["no_location"] += 1
+            return DeliveryReport(envelope.msg_id, UNREACHABLE, "no known location for the agent")
+        mode = Mode.AT_LEAST_ONCE if reliable else Mode.AT_MOST_ONCE
+        result = None
+        with trio.move_on_after(self._settings.send_timeout_s):
+            result = await self._network.send_message(
+                location.peer_id, location.addrs, envelope.frame, mode=mode
+            )
+        if result is None:
+            self.sent[TIMEOUT] += 1
+            detail = f"no answer from {location.peer_id} within {self._settings.send_timeout_s:g} s"
+            return DeliveryReport(envelope.msg_id, TIMEOUT, detail)
+        self.sent[result.outcome] += 1
+        if result.outcome == "not_here":
+            # The router retries once after a fresh lookup; the stale entry must go.
+            self.locations.forget(recipient, location.peer_id)
+        return DeliveryReport(envelope.msg_id, result.outcome, result.detail)
+
+    async def publish(self, envelope: Envelope) -> None:
+        """Deliver a topic message to this node's subscribers (GossipSub comes later)."""
+        await self._local.publish(envelope)
+
+    async def subscribe(self, topic: str, agent: AgentId) -> None:
+        """Subscribe a local agent to a topic (on this node only, for now)."""
+        await self._local.subscribe(topic, agent)
+
+    # -- status ---------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: sends by outcome, received by outcome, rejections by reason."""
+        return {
+            "sent": dict(sorted(self.sent.items())),
+            "received": dict(sorted(self.received.items())),
+            "rejected": dict(sorted(self.rejected.items())),
+            "locations": len(self.locations),
+            "replay_window": len(self._replay),
+        }
+
+    # -- the service ----------------------------------------------------------------------
+
+    async def serve(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Take messages from peers and be the runtime's messenger, until cancelled."""
+        settings = self._settings
+        batches_send, batches_recv = trio.open_memory_channel[InboundBatch](
+            settings.inbound_batches
+        )
+        jobs_send, jobs_recv = trio.open_memory_channel[_Job](settings.verify_ahead)
+        previous = self._runtime.messenger
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._verify_loop, batches_recv, jobs_send, nursery)
+                nursery.start_soon(self._deliver_loop, jobs_recv, nursery)
+                # The handler waits while our queue is full: that is the peers' backpressure.
+                self._network.set_message_handler(batches_send.send)
+                self._runtime.messenger = self
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._network.set_message_handler(None)
+            self._runtime.messenger = previous
+
+    async def _verify_loop(
+        self,
+        batches: trio.MemoryReceiveChannel[InboundBatch],
+        jobs: trio.MemorySendChannel[_Job],
+        nursery: trio.Nursery,
+    ) -> None:
+        # Chunks small enough that one big read keeps both threads busy.
+        limit, threads = self._settings.verify_chunk, self._settings.verify_threads
+        async with jobs:
+            async for batch in batches:
+                msgs = batch.msgs
+                size = min(limit, max(8, math.ceil(len(msgs) / threads)))
+                now_ms = self._clock()
+                for start in range(0, len(msgs), size):
+                    job = _Job(batch, msgs[start : start + size])
+                    # Bounded: at most `verify_ahead` jobs wait in `jobs`, plus one being sent.
+                    nursery.start_soon(self._verify, job, now_ms)
+                    await jobs.send(job)
+
+    async def _verify(self, job: _Job, now_ms: int) -> None:
+        job.results = await trio.to_thread.run_sync(
+            self._check, job.msgs, now_ms, limiter=self._limiter
+        )
+        job.done.set()
+
+    def _check(self, msgs: Sequence[Msg], now_ms: int) -> list[Envelope | RemoteProtocolError]:
+        """Every receive check but the replay window (runs in a worker thread)."""
+        policy, hosted = self._settings.policy, self._runtime.hosts
+        results: list[Envelope | RemoteProtocolError] = []
+        for msg in msgs:
+            try:
+                results.append(
+                    open_envelope(msg.envelope, now_ms=now_ms, policy=policy, hosted=hosted)
+                )
+            except RemoteProtocolError as exc:
+                results.append(exc)
+        return results
+
+    async def _deliver_loop(
+        self, jobs: trio.MemoryReceiveChannel[_Job], nursery: trio.Nursery
+    ) -> None:
+        runtime, replay, locations = self._runtime, self._replay, self.locations
+        async for job in jobs:
+            await job.done.wait()
+            now_ms = self._clock()
+            batch = job.batch
+            entries: list[AckEntry] = []
+            for msg, result in zip(job.msgs, job.results, strict=True):
+                if isinstance(result, RemoteProtocolError):
+                    entries.append(self._reject(batch.peer_id, msg.seq, result))
+                    continue
+                try:
+                    # On the event loop, in arrival order: the window is not thread-safe.
+                    replay.check(result.sender.raw, result.msg_id, result.expires_ms, now_ms)
+                except RemoteProtocolError as exc:
+                    entries.append(self._reject(batch.peer_id, msg.seq, exc))
+                    continue
+                sender = result.sender
+                if locations.get(sender) is None and not runtime.hosts(sender):
+                    # Where a verified message came from is where its sender's replies go.
+                    # Only when nothing better is known: a peer relaying someone else's
+                    # message first cannot take over a location learned elsewhere.
+                    locations.learn(sender, batch.peer_id)
+                if msg.mode is Mode.AT_LEAST_ONCE:
+                    await self._reliable_slots.acquire()  # bounded: waits when many pend
+                    nursery.start_soon(self._deliver_reliable, batch, msg.seq, result)
+                    continue
+                entries.append(AckEntry(msg.seq, self._count(await runtime.deliver(result))))
+            if entries:
+                batch.ack(entries)
+
+    async def _deliver_reliable(self, batch: InboundBatch, seq: int, envelope: Envelope) -> None:
+        try:
+            outcome = await self._runtime.deliver(envelope, reliable=True)
+        finally:
+            self._reliable_slots.release()
+        batch.ack([AckEntry(seq, self._count(outcome))])
+
+    def _count(self, outcome: str) -> str:
+        if not is_outcome(outcome):  # pragma: no cover - the runtime's set is fixed
+            log.error("runtime answered %r, which cannot travel", outcome)
+            outcome = "not_here"
+        self.received[outcome] += 1
+        return outcome
+
+    def _reject(self, peer_id: str, seq: int, exc: RemoteProtocolError) -> AckEntry:
+        reason = exc.reason.value
+        self.rejected[reason] += 1
+        self.received["rejected:" + reason] += 1
+        now = trio.current_time()
+        # One line per reason a minute: a peer sending junk must not flood the log.
+        if now - self._reject_logged.get(reason, -math.inf) >= _REJECT_LOG_INTERVAL_S:
+            self._reject_logged[reason] = now
+            log.info(
+                "rejected a message from peer %s: %s (%d %s so far)",
+                peer_id,
+                exc,
+                self.rejected[reason],
+                reason,
+            )
+        return AckEntry(seq, "rejected:" + reason, exc.detail)
