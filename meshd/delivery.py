@@ -24,15 +24,16 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from meshd.clock import WallClock, wall_ms
 from meshd.net.types import UNREACHABLE, InboundBatch, Network
+from meshd.router import Route, Router, no_dht
 from meshd.runtime.runtime import LocalMessenger, Runtime
 from meshd.runtime.sdk import DeliveryReport
 from protocol.envelope import DEFAULT_POLICY, Envelope, EnvelopePolicy, open_envelope
@@ -44,7 +45,7 @@ from protocol.replay import ReplayWindow
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
 
-__all__ = ["TIMEOUT", "Delivery", "DeliverySettings", "Locate", "Location", "LocationTable"]
+__all__ = ["TIMEOUT", "Delivery", "DeliverySettings"]
 
 log = logging.getLogger("meshd.delivery")
 
@@ -53,15 +54,6 @@ TIMEOUT = "timeout"
 _REJECT_LOG_INTERVAL_S = 60.0
 
 
-class Location(NamedTuple):
-    """Where an agent lives: its node's peer id and, when known, the node's addresses."""
-
-    peer_id: str
-    addrs: tuple[str, ...] = ()
-
-
-# Finds the node of an agent not hosted here (the router, later), or None.
-Locate = Callable[[AgentId], Awaitable[Location | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +68,6 @@ class DeliverySettings:
     policy: EnvelopePolicy = DEFAULT_POLICY
     replay_capacity: int = 500_000
     replay_per_sender: int = 50_000
-    max_locations: int = 100_000
     max_reliable_pending: int = 256
 
     def __post_init__(self) -> None:
@@ -91,37 +82,6 @@ class DeliverySettings:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-
-
-class LocationTable:
-    """Agent -> location, learned from records or replies; bounded, least recently used out."""
-
-    def __init__(self, capacity: int = 100_000) -> None:
-        self._capacity = capacity
-        self._table: OrderedDict[bytes, Location] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._table)
-
-    def learn(self, agent: AgentId, peer_id: str, addrs: Sequence[str] = ()) -> None:
-        """Remember that `agent` lives on `peer_id` (reachable at `addrs`)."""
-        self._table[agent.raw] = Location(peer_id, tuple(addrs))
-        self._table.move_to_end(agent.raw)
-        while len(self._table) > self._capacity:
-            self._table.popitem(last=False)
-
-    def get(self, agent: AgentId) -> Location | None:
-        """The remembered location of `agent`, or None."""
-        location = self._table.get(agent.raw)
-        if location is not None:
-            self._table.move_to_end(agent.raw)
-        return location
-
-    def forget(self, agent: AgentId, peer_id: str | None = None) -> None:
-        """Drop what we know of `agent` (only if it pointed at `peer_id`, when given)."""
-        location = self._table.get(agent.raw)
-        if location is not None and (peer_id is None or location.peer_id == peer_id):
-            del self._table[agent.raw]
 
 
 class _Job:
@@ -144,16 +104,15 @@ class Delivery:
         runtime: Runtime,
         network: Network,
         *,
-        locate: Locate | None = None,
+        router: Router | None = None,
         settings: DeliverySettings | None = None,
         clock: WallClock = wall_ms,
     ) -> None:
         self._runtime = runtime
         self._network = network
-        self._locate = locate
+        self.router = router or Router(runtime.hosts, no_dht)
         self._settings = settings or DeliverySettings()
         self._clock = clock
-        self.locations = LocationTable(self._settings.max_locations)
         self._local = LocalMessenger(runtime)  # topics stay local until pub/sub lands
         self._replay = ReplayWindow(
             self._settings.replay_capacity, self._settings.replay_per_sender
@@ -170,8 +129,8 @@ class Delivery:
     # -- Messenger ------------------------------------------------------------------------
 
     def learn(self, agent: AgentId, peer_id: str, addrs: Sequence[str] = ()) -> None:
-        """Remember where `agent` lives (see `LocationTable.learn`)."""
-        self.locations.learn(agent, peer_id, addrs)
+        """Remember where `agent` lives (the router's location cache)."""
+        self.router.learn(agent, peer_id, tuple(addrs))
 
     async def send(self, envelope: Envelope, *, reliable: bool) -> DeliveryReport:
         """Deliver a signed envelope to its agent, here or on another node; report the outcome.
@@ -182,30 +141,43 @@ class Delivery:
         recipient = envelope.recipient
         if not isinstance(recipient, AgentId):
             return DeliveryReport(envelope.msg_id, "rejected:wrong_recipient", "use publish")
-        if self._runtime.hosts(recipient):
-            outcome = await self._runtime.deliver(envelope, reliable=reliable)
-            self.sent["local:" + outcome] += 1
-            return DeliveryReport(envelope.msg_id, outcome)
-        location = self.locations.get(recipient)
-        if location is None and self._locate is not None:
-            location = await self._locate(recipient)
-        if location is None:
-            self.sent["no_location"] += 1
-            return DeliveryReport(envelope.msg_id, UNREACHABLE, "no known location for the agent")
+        route = await self.router.locate(recipient)
+        for attempt in range(2):
+            if route is None:
+                self.sent["no_location"] += 1
+                return DeliveryReport(envelope.msg_id, UNREACHABLE, "no known location")
+            if route.path == "local":
+                outcome = await self._runtime.deliver(envelope, reliable=reliable)
+                self.sent["local:" + outcome] += 1
+                return DeliveryReport(envelope.msg_id, outcome)
+            if route.path == "gone":
+                self.sent["gone"] += 1
+                return DeliveryReport(envelope.msg_id, "gone", "the agent's record is a tombstone")
+            report = await self._send_remote(envelope, route, reliable)
+            if report.outcome != "not_here" or attempt:
+                return report
+            # A stale location: forget it and look the agent up afresh, once.
+            self.router.invalidate(recipient, route.peer_id)
+            fresh = await self.router.locate(recipient, use_cache=False)
+            if fresh is None or fresh.peer_id == route.peer_id:
+                return report
+            route = fresh
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _send_remote(
+        self, envelope: Envelope, route: Route, reliable: bool
+    ) -> DeliveryReport:
         mode = Mode.AT_LEAST_ONCE if reliable else Mode.AT_MOST_ONCE
         result = None
         with trio.move_on_after(self._settings.send_timeout_s):
             result = await self._network.send_message(
-                location.peer_id, location.addrs, envelope.frame, mode=mode
+                route.peer_id, route.addrs, envelope.frame, mode=mode
             )
         if result is None:
             self.sent[TIMEOUT] += 1
-            detail = f"no answer from {location.peer_id} within {self._settings.send_timeout_s:g} s"
+            detail = f"no answer from {route.peer_id} within {self._settings.send_timeout_s:g} s"
             return DeliveryReport(envelope.msg_id, TIMEOUT, detail)
         self.sent[result.outcome] += 1
-        if result.outcome == "not_here":
-            # The router retries once after a fresh lookup; the stale entry must go.
-            self.locations.forget(recipient, location.peer_id)
         return DeliveryReport(envelope.msg_id, result.outcome, result.detail)
 
     async def publish(self, envelope: Envelope) -> None:
@@ -224,7 +196,7 @@ class Delivery:
             "sent": dict(sorted(self.sent.items())),
             "received": dict(sorted(self.received.items())),
             "rejected": dict(sorted(self.rejected.items())),
-            "locations": len(self.locations),
+            "locations": len(self.router),
             "replay_window": len(self._replay),
         }
 
@@ -292,7 +264,7 @@ class Delivery:
     async def _deliver_loop(
         self, jobs: trio.MemoryReceiveChannel[_Job], nursery: trio.Nursery
     ) -> None:
-        runtime, replay, locations = self._runtime, self._replay, self.locations
+        runtime, replay, router = self._runtime, self._replay, self.router
         async for job in jobs:
             await job.done.wait()
             now_ms = self._clock()
@@ -309,11 +281,11 @@ class Delivery:
                     entries.append(self._reject(batch.peer_id, msg.seq, exc))
                     continue
                 sender = result.sender
-                if locations.get(sender) is None and not runtime.hosts(sender):
+                if not router.knows(sender) and not runtime.hosts(sender):
                     # Where a verified message came from is where its sender's replies go.
                     # Only when nothing better is known: a peer relaying someone else's
                     # message first cannot take over a location learned elsewhere.
-                    locations.learn(sender, batch.peer_id)
+                    router.learn(sender, batch.peer_id)
                 if msg.mode is Mode.AT_LEAST_ONCE:
                     await self._reliable_slots.acquire()  # bounded: waits when many pend
                     nursery.start_soon(self._deliver_reliable, batch, msg.seq, result)

@@ -20,11 +20,17 @@ from protocol.errors import RemoteProtocolError
 from protocol.ids import AgentId
 from protocol.records import AgentRecord, LifecycleState, agent_record_key
 
-__all__ = ["Route", "Router"]
+__all__ = ["Route", "Router", "no_dht"]
 
 log = logging.getLogger("meshd.router")
 
 DhtGet = Callable[[str], Awaitable[bytes | None]]
+
+
+async def no_dht(key: str) -> bytes | None:
+    """A DHT that knows nothing (nodes and tests without one)."""
+    del key
+    return None
 Hosts = Callable[[AgentId], bool]
 
 
@@ -68,9 +74,19 @@ class Router:
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
 
-    def invalidate(self, agent: AgentId) -> None:
-        """Forget a cached location (the peer answered not_here)."""
-        self._cache.pop(agent.raw, None)
+    def invalidate(self, agent: AgentId, peer_id: str | None = None) -> None:
+        """Forget a cached location (only if it points at `peer_id`, when given)."""
+        cached = self._cache.get(agent.raw)
+        if cached is not None and (peer_id is None or cached[0] == peer_id):
+            del self._cache[agent.raw]
+
+    def knows(self, agent: AgentId) -> bool:
+        """Whether a fresh location of `agent` is cached."""
+        cached = self._cache.get(agent.raw)
+        return cached is not None and cached[2] > trio.current_time()
+
+    def __len__(self) -> int:
+        return len(self._cache)
 
     async def locate(self, agent: AgentId, *, use_cache: bool = True) -> Route | None:
         """The route to `agent`, or None when no path knows it."""
