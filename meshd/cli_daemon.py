@@ -245,8 +245,11 @@ async def _run_node(
     import trio
 
     from meshd.api.server import ApiServerError, serve_api
+    from meshd.delivery import Delivery
     from meshd.net.types import NetworkError
     from meshd.node import Node
+    from meshd.publisher import Publisher
+    from meshd.router import Router
     from meshd.runtime.runtime import Runtime
     from meshd.store import Store, StoreError
     from protocol.ids import SigningKey
@@ -257,7 +260,20 @@ async def _run_node(
         # The store outlives the node's nursery: leaving it commits what is queued.
         async with Store(directory / DB_FILE) as store:
             runtime = Runtime(store, SigningKey(seed), config.agents)
-            node = Node(network, api=api, runtime=runtime, log_counters=counters)
+            router = Router(
+                runtime.hosts, network.dht_get, lookup_timeout_s=config.dht.lookup_timeout_s
+            )
+            delivery = Delivery(runtime, network, router=router)
+            publisher = Publisher(runtime, network.dht_put, network.listen_addrs)
+            runtime.listener = publisher
+            node = Node(
+                network,
+                api=api,
+                runtime=runtime,
+                delivery=delivery,
+                publisher=publisher,
+                log_counters=counters,
+            )
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_on_signals, signals, node, nursery.cancel_scope)

@@ -54,8 +54,6 @@ TIMEOUT = "timeout"
 _REJECT_LOG_INTERVAL_S = 60.0
 
 
-
-
 @dataclass(frozen=True, slots=True)
 class DeliverySettings:
     """Deadlines, limits and parallelism of delivery."""
@@ -110,7 +108,8 @@ class Delivery:
     ) -> None:
         self._runtime = runtime
         self._network = network
-        self.router = router or Router(runtime.hosts, no_dht)
+        # Not `router or ...`: an empty router has length 0 and would count as false.
+        self.router = router if router is not None else Router(runtime.hosts, no_dht)
         self._settings = settings or DeliverySettings()
         self._clock = clock
         self._local = LocalMessenger(runtime)  # topics stay local until pub/sub lands

@@ -19,7 +19,15 @@ from typing import Any, TypeVar
 
 from meshd.api.client import ApiClient, ApiError, DaemonNotRunning
 
-__all__ = ["LOOPBACK", "DaemonFailed", "LocalDaemon", "daemon_env", "meshd_command", "wait_until"]
+__all__ = [
+    "LOOPBACK",
+    "DaemonFailed",
+    "LocalDaemon",
+    "daemon_env",
+    "meshd_command",
+    "start_mesh",
+    "wait_until",
+]
 
 T = TypeVar("T")
 

@@ -35,6 +35,9 @@ if TYPE_CHECKING:
     # mypy prefers) lack it; trio_typing.TaskStatus is the same type for both.
     from trio_typing import TaskStatus
 
+    from meshd.delivery import Delivery
+    from meshd.publisher import Publisher
+
 __all__ = ["ApiRunner", "Node"]
 
 log = logging.getLogger("meshd.node")
@@ -54,12 +57,16 @@ class Node:
         *,
         api: ApiRunner | None = None,
         runtime: Runtime | None = None,
+        delivery: Delivery | None = None,
+        publisher: Publisher | None = None,
         version: str = __version__,
         log_counters: LogCounters | None = None,
     ) -> None:
         self._network = network
         self._api = api
         self._runtime = runtime
+        self._delivery = delivery
+        self._publisher = publisher
         self._version = version
         self._log_counters = log_counters
         self._started_at: float | None = None
@@ -111,6 +118,11 @@ class Node:
         if self._runtime is not None:
             status["agents"] = self._runtime.counts()
             status["runtime"] = self._runtime.stats_dict()
+        if self._delivery is not None:
+            status["delivery"] = self._delivery.stats()
+            status["router"] = self._delivery.router.stats()
+        if self._publisher is not None:
+            status["publisher"] = self._publisher.stats()
         if self._log_counters is not None:
             status["libp2p_log"] = dict(self._log_counters.libp2p)
         return status
@@ -132,6 +144,12 @@ class Node:
             await nursery.start(self._network.serve, send)
             if self._runtime is not None:
                 await nursery.start(self._runtime.serve)
+            # Delivery needs both the network and the runtime running; the publisher, the
+            # runtime (it listens to it) and the DHT.
+            if self._delivery is not None:
+                await nursery.start(self._delivery.serve)
+            if self._publisher is not None:
+                await nursery.start(self._publisher.serve)
             if self._api is not None:
                 await nursery.start(self._api, self)
             task_status.started()

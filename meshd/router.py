@@ -31,6 +31,8 @@ async def no_dht(key: str) -> bytes | None:
     """A DHT that knows nothing (nodes and tests without one)."""
     del key
     return None
+
+
 Hosts = Callable[[AgentId], bool]
 
 

@@ -199,6 +199,22 @@ class Libp2pNetwork:
         me = self._host.get_id()
         return sum(1 for p in self._host.get_peerstore().peers_with_addrs() if p != me)
 
+    async def dht_put(self, key: str, value: bytes) -> None:
+        """Store a validated record in the DHT (at the peers closest to `key`)."""
+        self._counters["dht_puts"] += 1
+        await self._dht.put_value(key, value)
+
+    async def dht_get(self, key: str) -> bytes | None:
+        """The best record under `key` in the DHT, or None (failures count, never raise)."""
+        self._counters["dht_gets"] += 1
+        try:
+            value = await self._dht.get_value(key)
+        except Exception as exc:  # py-libp2p raises many kinds here; a lookup just fails
+            self._counters["dht_get_errors"] += 1
+            log.debug("DHT get %s failed: %s", key, exc)
+            return None
+        return bytes(value) if value is not None else None
+
     def stats(self) -> dict[str, Any]:
         """Counters: dials, walks, table admissions, rejected records, dropped events."""
         out: dict[str, Any] = dict(sorted(self._counters.items()))

@@ -180,6 +180,14 @@ class Network(Protocol):
         """Accept message streams and give their MSG frames to `handler` (None: refuse them)."""
         ...
 
+    async def dht_put(self, key: str, value: bytes) -> None:
+        """Store a validated record in the DHT (at the peers closest to `key`)."""
+        ...
+
+    async def dht_get(self, key: str) -> bytes | None:
+        """The best record under `key` in the DHT, or None (failures count, never raise)."""
+        ...
+
     async def send_message(
         self, peer_id: str, addrs: Sequence[str], envelope: bytes, *, mode: Mode
     ) -> SendResult:
