@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from meshd.net.types import UNREACHABLE, InboundBatch, Network
 from meshd.router import Route, Router, no_dht
 from meshd.runtime.runtime import LocalMessenger, Runtime
 from meshd.runtime.sdk import DeliveryReport
+from meshd.store import OutboxMessage
 from protocol.envelope import DEFAULT_POLICY, Envelope, EnvelopePolicy, open_envelope
 from protocol.errors import RemoteProtocolError
 from protocol.frames import AckEntry, Mode, Msg, is_outcome
@@ -51,6 +53,10 @@ log = logging.getLogger("meshd.delivery")
 
 # The outcome of a message whose ACK did not come back before the deadline.
 TIMEOUT = "timeout"
+# Outcomes after which an at-least-once message is tried again (the rest are final).
+_RETRY_OUTCOMES = frozenset(
+    {UNREACHABLE, TIMEOUT, "not_here", "rejected:rate_limited", "rejected:unavailable"}
+)
 _REJECT_LOG_INTERVAL_S = 60.0
 
 
@@ -67,6 +73,10 @@ class DeliverySettings:
     replay_capacity: int = 500_000
     replay_per_sender: int = 50_000
     max_reliable_pending: int = 256
+    retry_base_s: float = 0.2
+    retry_max_s: float = 10.0
+    retry_poll_s: float = 0.5
+    retry_batch: int = 256
 
     def __post_init__(self) -> None:
         if self.send_timeout_s <= 0:
@@ -123,6 +133,8 @@ class Delivery:
         self.sent: Counter[str] = Counter()  # outcome of each send, "local:" for local ones
         self.received: Counter[str] = Counter()  # outcome of each message from a peer
         self.rejected: Counter[str] = Counter()  # inbound rejections by reason
+        self.outbox_counts: Counter[str] = Counter()  # at-least-once: retried, settled, expired
+        self._outbox_wakeup = trio.Event()
         self._reject_logged: dict[str, float] = {}
 
     # -- Messenger ------------------------------------------------------------------------
@@ -134,9 +146,84 @@ class Delivery:
     async def send(self, envelope: Envelope, *, reliable: bool) -> DeliveryReport:
         """Deliver a signed envelope to its agent, here or on another node; report the outcome.
 
-        TODO(at-least-once): with `reliable`, write the envelope to the store's outbox first
-        and retry with backoff until an ACK other than `unreachable`/`timeout` comes back.
+        With `reliable` (at-least-once) a message for another node is first written to the
+        store's outbox; if this attempt does not get it acknowledged, the outbox loop retries
+        with backoff until it is, or it expires, and the report says `queued`.
         """
+        recipient = envelope.recipient
+        if reliable and isinstance(recipient, AgentId) and not self._runtime.hosts(recipient):
+            return await self._send_reliable(envelope, recipient)
+        return await self._send_once(envelope, reliable=reliable)
+
+    async def _send_reliable(self, envelope: Envelope, recipient: AgentId) -> DeliveryReport:
+        store = self._runtime.store
+        now = self._clock()
+        # First retry no sooner than this attempt's own deadline: no second copy in flight.
+        first_retry = now + int(self._settings.send_timeout_s * 1000)
+        await store.outbox_put(
+            [
+                OutboxMessage(
+                    msg_id=envelope.msg_id,
+                    sender=envelope.sender.raw,
+                    recipient=recipient.raw,
+                    frame=envelope.frame,
+                    next_attempt_ms=first_retry,
+                    expires_ms=envelope.expires_ms,
+                )
+            ]
+        )
+        report = await self._send_once(envelope, reliable=True)
+        if await self._settle_outbox(envelope.msg_id, report.outcome, attempts=0):
+            return report
+        self._outbox_wakeup.set()
+        return DeliveryReport(envelope.msg_id, "queued", f"will retry: {report.outcome}")
+
+    async def _settle_outbox(self, msg_id: bytes, outcome: str, attempts: int) -> bool:
+        """Remove a message from the outbox unless `outcome` calls for another try."""
+        store = self._runtime.store
+        if outcome in _RETRY_OUTCOMES:
+            backoff = min(
+                self._settings.retry_max_s, self._settings.retry_base_s * 2 ** min(attempts, 16)
+            )
+            # Jitter spreads the retries of many messages that failed together.
+            delay_ms = int(backoff * 1000 * random.uniform(0.5, 1.0))
+            await store.outbox_reschedule(msg_id, self._clock() + delay_ms)
+            self.outbox_counts["retried"] += 1
+            return False
+        await store.outbox_ack([msg_id])
+        self.outbox_counts["settled:" + outcome] += 1
+        return True
+
+    async def _outbox_loop(self) -> None:
+        """Retry due at-least-once messages until acknowledged or expired."""
+        store = self._runtime.store
+        while True:
+            with trio.move_on_after(self._settings.retry_poll_s):
+                await self._outbox_wakeup.wait()
+            self._outbox_wakeup = trio.Event()
+            now = self._clock()
+            for key in await store.outbox_drop_expired(now):
+                self.outbox_counts["expired"] += 1
+                log.info("at-least-once message %s expired unacknowledged", key.msg_id.hex())
+            due = await store.outbox_due(now, self._settings.retry_batch)
+            if not due:
+                continue
+            async with trio.open_nursery() as nursery:
+                for message in due:
+                    nursery.start_soon(self._retry_one, message)
+
+    async def _retry_one(self, message: OutboxMessage) -> None:
+        try:
+            envelope = Envelope.decode(message.frame)
+        except RemoteProtocolError:  # our own store: only corruption gets here
+            self.outbox_counts["corrupt"] += 1
+            await self._runtime.store.outbox_ack([message.msg_id])
+            return
+        report = await self._send_once(envelope, reliable=True)
+        await self._settle_outbox(message.msg_id, report.outcome, message.attempts + 1)
+
+    async def _send_once(self, envelope: Envelope, *, reliable: bool) -> DeliveryReport:
+        """One attempt: route the envelope and carry it to its agent."""
         recipient = envelope.recipient
         if not isinstance(recipient, AgentId):
             return DeliveryReport(envelope.msg_id, "rejected:wrong_recipient", "use publish")
@@ -196,6 +283,7 @@ class Delivery:
             "received": dict(sorted(self.received.items())),
             "rejected": dict(sorted(self.rejected.items())),
             "locations": len(self.router),
+            "outbox": dict(sorted(self.outbox_counts.items())),
             "replay_window": len(self._replay),
         }
 
@@ -212,6 +300,7 @@ class Delivery:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._verify_loop, batches_recv, jobs_send, nursery)
+                nursery.start_soon(self._outbox_loop)
                 nursery.start_soon(self._deliver_loop, jobs_recv, nursery)
                 # The handler waits while our queue is full: that is the peers' backpressure.
                 self._network.set_message_handler(batches_send.send)
