@@ -10,6 +10,7 @@ signature checked with no lookup and no libp2p import.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -92,7 +93,7 @@ class AgentId:
     @property
     def did(self) -> str:
         """The `did:key` text form."""
-        return _DID_PREFIX + base58.b58encode(_ED25519_PUB_MULTICODEC + self.raw).decode("ascii")
+        return _did_text(self.raw)
 
     def short(self) -> str:
         """A short form for logs (not unique; never parse it)."""
@@ -159,6 +160,13 @@ class NodeId:
 
     def __str__(self) -> str:
         return self.text
+
+
+@functools.lru_cache(maxsize=65_536)
+def _did_text(raw: bytes) -> str:
+    # Pure-Python base58 costs ~20 us a call, and busy agents are named on every message:
+    # a bounded cache of the recently seen ones makes that nearly free.
+    return _DID_PREFIX + base58.b58encode(_ED25519_PUB_MULTICODEC + raw).decode("ascii")
 
 
 def _is_ed25519_peer_id(raw: bytes) -> bool:
