@@ -381,3 +381,39 @@ def test_openapi_describes_every_agent_route() -> None:
 )
 def test_cbor_values_become_json(value: Any, expected: Any) -> None:
     assert jsonable(value) == expected
+
+
+async def test_an_attached_external_agent_answers_a_waiting_request(tmp_path: Path) -> None:
+    async with serving(tmp_path) as api:
+        (worker,) = await api.spawn("external", name="worker")
+        answer: dict[str, Any] = {}
+
+        async def requester() -> None:
+            result = await api.post(
+                "/v1/send", {"to": "worker", "body": {"q": 6}, "wait": True, "timeout": 10}
+            )
+            answer.update(result)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(requester)
+            # The external process: read the inbox (long-poll), answer as the agent, ack.
+            messages: list[dict[str, Any]] = []
+            with trio.fail_after(10):
+                while not messages:
+                    messages = await api.get(f"/v1/agents/{worker['id']}/inbox", wait=1)
+            (request,) = messages
+            assert request["body"] == {"q": 6}
+            reply = await api.post(
+                "/v1/send",
+                {
+                    "from": "worker",
+                    "to": request["from"],
+                    "body": {"a": request["body"]["q"] * 7},
+                    "reply_to": request["id"],
+                },
+            )
+            assert reply["outcome"] == "delivered"
+            await api.post(f"/v1/agents/{worker['id']}/inbox/ack", {"seq": request["seq"]})
+        assert answer["outcome"] == "queued"  # an external agent's inbox holds the request
+        assert answer["reply"]["body"] == {"a": 42}
+        assert answer["reply"]["from"] == worker["id"]
