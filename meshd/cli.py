@@ -8,6 +8,7 @@ from meshd import __version__
 from meshd.cli_agent import agent_group, send_command
 from meshd.cli_client import id_command, peers_command, status_command
 from meshd.cli_daemon import init_command, run_command
+from meshd.cli_pubsub import pubsub_group
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,6 +24,7 @@ cli.add_command(init_command)
 cli.add_command(run_command)
 cli.add_command(agent_group)
 cli.add_command(send_command)
+cli.add_command(pubsub_group)
 
 
 def main() -> None:

@@ -71,7 +71,7 @@ def _refused(exc: ApiError, prefix: str) -> ApiFailedError:
 
 @click.group("agent")
 def agent_group() -> None:
-    """Spawn, list, inspect, suspend, resume, delete and attach to agents."""
+    """Spawn, list, inspect, suspend, resume, delete, migrate and attach to agents."""
 
 
 # --- spawn -----------------------------------------------------------------------------------
@@ -292,6 +292,37 @@ agent_group.add_command(
 agent_group.add_command(
     _lifecycle_command("delete", "deleted", "Delete an agent: its key, state and inbox go.")
 )
+
+
+# --- migrate ---------------------------------------------------------------------------------
+
+# Stopping the agent (its handler may run for up to 10 s) plus the transfer (up to 30 s).
+_MIGRATE_TIMEOUT_S = 90.0
+
+
+def _format_migrate(result: dict[str, Any]) -> str:
+    text = f"agent {result['id']} migrated to {result['to']} ({result['state']})"
+    moved = [
+        f"{result[key]} {label}"
+        for key, label in (("inbox", "waiting messages moved"), ("forwarded", "forwarded"))
+        if result.get(key)
+    ]
+    return text + (f"; {', '.join(moved)}" if moved else "")
+
+
+@agent_group.command("migrate")
+@click.argument("agent", metavar="ID")
+@click.option("--to", "to_peer", required=True, metavar="PEER_ID", help="The node to move it to.")
+@api_options
+def migrate_command(agent: str, to_peer: str, data_dir: Path | None, as_json: bool) -> None:
+    """Move an agent, with its key, state and inbox, to the node PEER_ID; senders follow it."""
+    path = _agent_path(agent, "/migrate")
+    with api_client(data_dir, timeout=_MIGRATE_TIMEOUT_S) as client:
+        try:
+            result = client.post(path, {"to": to_peer})
+        except ApiError as exc:
+            raise _refused(exc, f"cannot migrate agent {agent}") from exc
+    emit(result, as_json, _format_migrate)
 
 
 # --- attach ----------------------------------------------------------------------------------

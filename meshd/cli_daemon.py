@@ -246,6 +246,7 @@ async def _run_node(
 
     from meshd.api.server import ApiServerError, serve_api
     from meshd.delivery import Delivery
+    from meshd.migration import Migrator
     from meshd.net.types import NetworkError
     from meshd.node import Node
     from meshd.publisher import Publisher
@@ -266,12 +267,14 @@ async def _run_node(
             delivery = Delivery(runtime, network, router=router)
             publisher = Publisher(runtime, network.dht_put, network.listen_addrs)
             runtime.listener = publisher
+            migrator = Migrator(runtime, network, publisher, router=router)
             node = Node(
                 network,
                 api=api,
                 runtime=runtime,
                 delivery=delivery,
                 publisher=publisher,
+                migrator=migrator,
                 log_counters=counters,
             )
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

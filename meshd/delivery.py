@@ -5,6 +5,8 @@ hosted here goes straight to `Runtime.deliver`; any other is located (the locati
 then the pluggable `locate`, later the router), queued on that peer's message stream
 (`Network.send_message`: bounded per peer, so a slow peer makes its senders wait) and
 answered by the peer's ACK, or `timeout` after `send_timeout_s`, or `unreachable`.
+Topic messages (`publish`, `subscribe`) are `meshd.pubsub.Topics`: local subscribers, then
+GossipSub.
 
 Inbound, the network hands over batches of MSG frames. Nothing reaches an agent before
 `protocol.envelope.open_envelope` passed it: size and structure, expiry and clock skew,
@@ -34,8 +36,9 @@ import trio
 
 from meshd.clock import WallClock, wall_ms
 from meshd.net.types import UNREACHABLE, InboundBatch, Network
+from meshd.pubsub import Topics
 from meshd.router import Route, Router, no_dht
-from meshd.runtime.runtime import LocalMessenger, Runtime
+from meshd.runtime.runtime import Runtime
 from meshd.runtime.sdk import DeliveryReport
 from meshd.store import OutboxMessage
 from protocol.envelope import DEFAULT_POLICY, Envelope, EnvelopePolicy, open_envelope
@@ -122,7 +125,7 @@ class Delivery:
         self.router = router if router is not None else Router(runtime.hosts, no_dht)
         self._settings = settings or DeliverySettings()
         self._clock = clock
-        self._local = LocalMessenger(runtime)  # topics stay local until pub/sub lands
+        self.topics = Topics(runtime, network, clock=clock)  # agent pub/sub
         self._replay = ReplayWindow(
             self._settings.replay_capacity, self._settings.replay_per_sender
         )
@@ -267,12 +270,16 @@ class Delivery:
         return DeliveryReport(envelope.msg_id, result.outcome, result.detail)
 
     async def publish(self, envelope: Envelope) -> None:
-        """Deliver a topic message to this node's subscribers (GossipSub comes later)."""
-        await self._local.publish(envelope)
+        """Deliver a topic message to this node's subscribers, then publish it on GossipSub."""
+        await self.topics.publish(envelope)
 
     async def subscribe(self, topic: str, agent: AgentId) -> None:
-        """Subscribe a local agent to a topic (on this node only, for now)."""
-        await self._local.subscribe(topic, agent)
+        """Subscribe a local agent to a topic, durably (kept while dormant and on restart)."""
+        await self.topics.subscribe(topic, agent)
+
+    async def unsubscribe(self, topic: str, agent: AgentId) -> bool:
+        """Unsubscribe a local agent from a topic; return whether it was subscribed."""
+        return await self.topics.unsubscribe(topic, agent)
 
     # -- status ---------------------------------------------------------------------------
 
@@ -285,6 +292,7 @@ class Delivery:
             "locations": len(self.router),
             "outbox": dict(sorted(self.outbox_counts.items())),
             "replay_window": len(self._replay),
+            "topics": self.topics.stats(),
         }
 
     # -- the service ----------------------------------------------------------------------
@@ -302,6 +310,7 @@ class Delivery:
                 nursery.start_soon(self._verify_loop, batches_recv, jobs_send, nursery)
                 nursery.start_soon(self._outbox_loop)
                 nursery.start_soon(self._deliver_loop, jobs_recv, nursery)
+                await nursery.start(self.topics.serve)
                 # The handler waits while our queue is full: that is the peers' backpressure.
                 self._network.set_message_handler(batches_send.send)
                 self._runtime.messenger = self
@@ -338,7 +347,9 @@ class Delivery:
 
     def _check(self, msgs: Sequence[Msg], now_ms: int) -> list[Envelope | RemoteProtocolError]:
         """Every receive check but the replay window (runs in a worker thread)."""
-        policy, hosted = self._settings.policy, self._runtime.hosts
+        # An agent that migrated away passes this check, and `Runtime.deliver` answers
+        # `not_here`, so that its sender re-resolves instead of giving up on wrong_recipient.
+        policy, hosted = self._settings.policy, self._runtime.hosts_or_moved
         results: list[Envelope | RemoteProtocolError] = []
         for msg in msgs:
             try:

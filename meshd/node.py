@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from trio_typing import TaskStatus
 
     from meshd.delivery import Delivery
+    from meshd.migration import Migrator
     from meshd.publisher import Publisher
 
 __all__ = ["ApiRunner", "Node"]
@@ -59,6 +60,7 @@ class Node:
         runtime: Runtime | None = None,
         delivery: Delivery | None = None,
         publisher: Publisher | None = None,
+        migrator: Migrator | None = None,
         version: str = __version__,
         log_counters: LogCounters | None = None,
     ) -> None:
@@ -67,6 +69,7 @@ class Node:
         self._runtime = runtime
         self._delivery = delivery
         self._publisher = publisher
+        self._migrator = migrator
         self._version = version
         self._log_counters = log_counters
         self._started_at: float | None = None
@@ -81,6 +84,13 @@ class Node:
         if self._runtime is None:
             raise RuntimeError("this node runs no agent runtime")
         return self._runtime
+
+    @property
+    def migrator(self) -> Migrator:
+        """Moves agents to other nodes (the API's migrate route uses it)."""
+        if self._migrator is None:
+            raise RuntimeError("this node cannot migrate agents")
+        return self._migrator
 
     def identity(self) -> dict[str, Any]:
         """This node's peer id, listen addresses (ending in /p2p/<id>) and version."""
@@ -123,6 +133,8 @@ class Node:
             status["router"] = self._delivery.router.stats()
         if self._publisher is not None:
             status["publisher"] = self._publisher.stats()
+        if self._migrator is not None:
+            status["migration"] = self._migrator.stats()
         if self._log_counters is not None:
             status["libp2p_log"] = dict(self._log_counters.libp2p)
         return status
@@ -150,6 +162,9 @@ class Node:
                 await nursery.start(self._delivery.serve)
             if self._publisher is not None:
                 await nursery.start(self._publisher.serve)
+            if self._migrator is not None:
+                # Last: an arriving agent needs the runtime, delivery and publisher running.
+                await nursery.start(self._migrator.serve)
             if self._api is not None:
                 await nursery.start(self._api, self)
             task_status.started()

@@ -4,8 +4,9 @@ Every route here reads the node's `Runtime` through `AgentsView.runtime` and ans
 Agents are named in paths and bodies by their `did:key:z...` id or by the name they were
 spawned with. Failures are `ApiProblem`s: 400 bad input, 404 unknown agent, 409 illegal
 lifecycle transition (or name taken, or not an external agent), 422 unknown kind, 429 a quota
-(the code is the quota's reason: `max_agents`, `spawn_rate`, `budget`, or `inbox_full`), 503
-when the node runs no agent runtime.
+(the code is the quota's reason: `max_agents`, `spawn_rate`, `budget`, or `inbox_full`), 502
+when the peer an agent migrates to cannot be reached or refuses it, 503 when the node runs no
+agent runtime.
 
 Message bodies are JSON on the way in (any JSON value is plain CBOR) and plain CBOR on the
 way out, shown as JSON: byte strings become `{"$base64": "..."}`, integer map keys become
@@ -17,6 +18,10 @@ External agents (kind `external`) live in another process, which attaches over H
                                                        topic, created_ms}, ...]
     POST /v1/agents/{id}/inbox/ack  {"seq": N}      -> removes every message with seq <= N
     POST /v1/send {"from": id, "to": ..., "body": ..., "reply_to": <msg id>}  -> answers
+
+Pub/sub: `POST /v1/send` with `topic` (instead of `to`) publishes on the topic; `POST
+/v1/agents/{id}/subscribe {"topic": ...}` (and `/unsubscribe`) manages an agent's durable
+subscriptions. An external agent subscribed to a topic finds its messages in its inbox.
 
 The GET returns what waits at once, or long-polls up to `wait` seconds for the first message.
 Messages stay in the agent's persistent inbox until acked, so a client that dies before its
@@ -39,10 +44,12 @@ from starlette.requests import Request
 
 from meshd.api.base import ApiProblem, Endpoint
 from meshd.api.openapi import QueryParam
+from meshd.migration import MigrationError, Migrator
+from meshd.pubsub import Topics
 from meshd.runtime import AgentError, LifecycleError, QuotaExceeded, Runtime, State, UnknownAgent
 from meshd.runtime.kinds import KindError
 from meshd.store import AgentGone, AgentNotFound, DuplicateAgent, InboxFull
-from protocol.envelope import MSG_ID_LEN, Envelope
+from protocol.envelope import MAX_TOPIC_LEN, MSG_ID_LEN, Envelope
 from protocol.errors import LocalProtocolError, RemoteProtocolError
 from protocol.ids import AgentId
 
@@ -431,6 +438,37 @@ async def _delete(view: NodeView, request: Request) -> Any:
     return {"id": agent.did, "state": State.GONE.value}
 
 
+# MigrationError codes -> (HTTP status, API error code).
+_MIGRATION_PROBLEMS = {
+    "bad_peer": (400, "bad_peer_id"),
+    "not_migratable": (409, "not_migratable"),
+    "unreachable": (502, "peer_unreachable"),
+    "refused": (502, "migration_refused"),
+}
+
+
+async def _migrate(view: NodeView, request: Request) -> Any:
+    runtime = _runtime(view)
+    fields = _Fields(await _json_object(request, "migrate"), "migrate", ("to",))
+    to = fields.text("to", max_len=128)
+    if to is None:
+        raise _bad("'to' is required: the peer id of the node to move the agent to")
+    agent = await _hosted(runtime, request)
+    try:
+        migrator = getattr(view, "migrator", None)
+    except RuntimeError:  # Node.migrator says so when the node runs without one
+        migrator = None
+    if not isinstance(migrator, Migrator):
+        raise ApiProblem(503, "no_migration", "this node cannot migrate agents")
+    subject = f"migrate agent {agent.did}"
+    try:
+        with _runtime_errors(subject):
+            return await migrator.migrate(agent, to)
+    except MigrationError as exc:
+        status, code = _MIGRATION_PROBLEMS.get(exc.code, (502, "migration_failed"))
+        raise ApiProblem(status, code, str(exc)) from exc
+
+
 async def _external(runtime: Runtime, request: Request) -> AgentId:
     agent = await _hosted(runtime, request)
     if not runtime.is_external(agent):
@@ -478,12 +516,77 @@ async def _ack_inbox(view: NodeView, request: Request) -> Any:
     return {"acked": removed, "waiting": waiting}
 
 
-_SEND_FIELDS = ("to", "body", "kind", "from", "wait", "timeout", "reliable", "reply_to")
+def _topics(runtime: Runtime) -> Topics:
+    """The node's pub/sub (the delivery service's), or 503 when it runs none."""
+    topics = getattr(runtime.messenger, "topics", None)
+    if not isinstance(topics, Topics):
+        raise ApiProblem(503, "no_pubsub", "this node runs no pub/sub (no delivery service)")
+    return topics
+
+
+async def _subscription(view: NodeView, request: Request, subscribe: bool) -> Any:
+    runtime = _runtime(view)
+    what = "subscribe" if subscribe else "unsubscribe"
+    fields = _Fields(await _json_object(request, what), what, ("topic",))
+    topic = fields.text("topic", max_len=MAX_TOPIC_LEN)
+    if topic is None:
+        raise _bad(f"'topic' is required: a topic name of 1..{MAX_TOPIC_LEN} characters")
+    agent = await _hosted(runtime, request)
+    topics = _topics(runtime)
+    with _runtime_errors(f"{what} agent {agent.did} to {topic!r}"):
+        if subscribe:
+            changed = await topics.subscribe(topic, agent)
+        else:
+            changed = await topics.unsubscribe(topic, agent)
+    return {"id": agent.did, "topic": topic, "changed": changed, "topics": topics.topics_of(agent)}
+
+
+async def _subscribe(view: NodeView, request: Request) -> Any:
+    return await _subscription(view, request, subscribe=True)
+
+
+async def _unsubscribe(view: NodeView, request: Request) -> Any:
+    return await _subscription(view, request, subscribe=False)
+
+
+async def _publish(runtime: Runtime, fields: _Fields, topic: str) -> Any:
+    """`/v1/send` with `topic`: publish as `from` (default: the operator) on the topic."""
+    for key in ("to", "wait", "reliable", "reply_to"):
+        if fields.data.get(key) not in (None, False):
+            raise _bad(f"'{key}' does not apply to a topic message (pub/sub is best effort)")
+    if not fields.has("body"):
+        raise _bad("'body' is required (any JSON value)")
+    kind = fields.text("kind", max_len=64) or "pub"
+    from_text = fields.text("from")
+    sender = await _resolve(runtime, from_text, "from") if from_text is not None else None
+    if sender is not None and runtime.state_of(sender) is None:
+        raise ApiProblem(404, "unknown_agent", f"from: no agent {sender.did} on this node")
+    with _runtime_errors(f"publish on {topic!r}"):
+        if sender is None:
+            sender = await runtime.operator()
+        result = await runtime.send_as(sender, topic, fields.data["body"], kind=kind)
+    return jsonable(result)
+
+
+_SEND_FIELDS = (
+    "to",
+    "topic",
+    "body",
+    "kind",
+    "from",
+    "wait",
+    "timeout",
+    "reliable",
+    "reply_to",
+)
 
 
 async def _send(view: NodeView, request: Request) -> Any:
     runtime = _runtime(view)
     fields = _Fields(await _json_object(request, "send"), "send", _SEND_FIELDS)
+    topic = fields.text("topic", max_len=MAX_TOPIC_LEN)
+    if topic is not None:
+        return await _publish(runtime, fields, topic)
     to_text = fields.text("to")
     if to_text is None:
         raise _bad("'to' is required: an agent id (did:key:z...) or a local agent's name")
@@ -633,6 +736,22 @@ AGENT_ENDPOINTS: tuple[Endpoint, ...] = (
         errors=_LIFECYCLE,
     ),
     Endpoint(
+        "POST",
+        "/v1/agents/{id}/migrate",
+        "migrateAgent",
+        "Move an agent, with its key, state and inbox, to another node; senders follow it.",
+        "MigrateResult",
+        _migrate,
+        request_body="MigrateRequest",
+        errors={
+            **_LIFECYCLE,
+            400: "Invalid input, or the peer id is malformed or this node's.",
+            409: "Not allowed in the agent's state, or this agent cannot migrate.",
+            502: "The peer is unknown, unreachable, or refused the agent (the reason is given).",
+            503: "The node hosts no agents or cannot migrate them.",
+        },
+    ),
+    Endpoint(
         "GET",
         "/v1/agents/{id}/inbox",
         "readInbox",
@@ -668,5 +787,30 @@ AGENT_ENDPOINTS: tuple[Endpoint, ...] = (
             404: "The sender (or a named recipient) is not hosted here.",
             429: "The recipient's inbox is full (inbox_full).",
         },
+    ),
+    Endpoint(
+        "POST",
+        "/v1/agents/{id}/subscribe",
+        "subscribeAgent",
+        "Subscribe an agent to a topic, durably (kept while dormant and across restarts).",
+        "SubscriptionResult",
+        _subscribe,
+        request_body="SubscriptionRequest",
+        errors={
+            **_BAD,
+            **_NOT_FOUND,
+            429: "The node's agents already subscribe to as many topics as it allows.",
+            503: "The node hosts no agents or runs no pub/sub.",
+        },
+    ),
+    Endpoint(
+        "POST",
+        "/v1/agents/{id}/unsubscribe",
+        "unsubscribeAgent",
+        "Unsubscribe an agent from a topic.",
+        "SubscriptionResult",
+        _unsubscribe,
+        request_body="SubscriptionRequest",
+        errors={**_BAD, **_NOT_FOUND, 503: "The node hosts no agents or runs no pub/sub."},
     ),
 )

@@ -238,12 +238,52 @@ _AGENT_SCHEMAS: dict[str, dict[str, Any]] = {
             "waiting": {"type": "integer", "minimum": 0, "description": "Messages left."},
         },
     },
+    "MigrateRequest": {
+        "type": "object",
+        "required": ["to"],
+        "additionalProperties": False,
+        "properties": {
+            "to": {
+                "type": "string",
+                "description": "PeerID of the node to move the agent to (its addresses come "
+                "from the connected peers and the peerstore).",
+            },
+        },
+    },
+    "MigrateResult": {
+        "type": "object",
+        "required": ["id", "from", "to", "state"],
+        "properties": {
+            "id": _AGENT_ID,
+            "from": {"type": "string", "description": "This node's PeerID."},
+            "to": {"type": "string", "description": "The PeerID of the agent's new node."},
+            "state": {
+                "enum": ["dormant", "suspended"],
+                "description": "The agent's state on its new node.",
+            },
+            "inbox": {"type": "integer", "minimum": 0, "description": "Waiting messages moved."},
+            "forwarded": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Messages that arrived during the move, forwarded after it.",
+            },
+            "elapsed_ms": {"type": "number", "minimum": 0},
+        },
+    },
     "SendRequest": {
         "type": "object",
-        "required": ["to", "body"],
+        "required": ["body"],
+        "oneOf": [{"required": ["to"]}, {"required": ["topic"]}],
         "additionalProperties": False,
         "properties": {
             "to": _AGENT_REF,
+            "topic": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 256,
+                "description": "Publish on this topic instead of sending to `to` (best effort; "
+                "`wait`, `reliable` and `reply_to` do not apply; `kind` defaults to pub).",
+            },
             "body": _JSON_VALUE,
             "kind": {"type": "string", "minLength": 1, "maxLength": 64, "default": "msg"},
             "from": {
@@ -262,6 +302,30 @@ _AGENT_SCHEMAS: dict[str, dict[str, Any]] = {
             "reply_to": {
                 "anyOf": [_MSG_ID, {"type": "null"}],
                 "description": "Answer this request (an external agent replying).",
+            },
+        },
+    },
+    "SubscriptionRequest": {
+        "type": "object",
+        "required": ["topic"],
+        "additionalProperties": False,
+        "properties": {"topic": {"type": "string", "minLength": 1, "maxLength": 256}},
+    },
+    "SubscriptionResult": {
+        "type": "object",
+        "required": ["id", "topic", "changed", "topics"],
+        "properties": {
+            "id": _AGENT_ID,
+            "topic": {"type": "string"},
+            "changed": {
+                "type": "boolean",
+                "description": "Whether this changed anything (false: it already was, or "
+                "was not, subscribed).",
+            },
+            "topics": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "Every topic the agent now subscribes to.",
             },
         },
     },

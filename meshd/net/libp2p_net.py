@@ -1,12 +1,15 @@
 """`Libp2pNetwork`: the `Network` a daemon runs, over py-libp2p (TCP, Noise, yamux, Kademlia).
 
 It owns the host, the DHT (server mode, `/meshd/kad/1.0.0`, `/ma/` validator, strict
-namespaces), the discovery service and the message streams (`/meshd/msg/1.0.0`,
-`meshd.net.streams`), all inside the nursery of `serve`. Connection
+namespaces), the discovery service, the message streams (`/meshd/msg/1.0.0`,
+`meshd.net.streams`) and one-shot request streams (`meshd.net.rpc`, e.g. agent migration),
+all inside the nursery of `serve`. Connection
 events come from a swarm notifee; they update our own table of connected peers (with
 the trio time each connected) and go to the node as `NetEvent`s over a bounded channel
 with `send_nowait`, because a notifee runs inline in py-libp2p's connection path and
 must never wait on us. Events that do not fit are counted, never silently lost.
+Agent topics run on GossipSub (`meshd.net.gossip`), built with the host so that it sees
+every connection, and started before discovery dials anyone.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 from libp2p.abc import INotifee
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.peer.id import ID
 from libp2p.peer.peerstore import PeerStoreError
 from libp2p.rcmgr import Direction
 from libp2p.tools.anyio_service import background_trio_service
@@ -29,8 +33,10 @@ from multiaddr import Multiaddr
 from meshd.clock import WallClock, wall_ms
 from meshd.net.addrs import BootstrapAddr
 from meshd.net.discovery import Discovery, DiscoverySettings
+from meshd.net.gossip import GossipSettings, TopicService
 from meshd.net.host import HostLimits, build_host
 from meshd.net.kad import install_kad_protocol_id
+from meshd.net.rpc import RequestSettings, RequestStreams
 from meshd.net.streams import MessageStreams, StreamSettings
 from meshd.net.types import (
     Listening,
@@ -40,10 +46,13 @@ from meshd.net.types import (
     PeerConnected,
     PeerDisconnected,
     PeerSnapshot,
+    RequestHandler,
     SendResult,
+    TopicHandler,
 )
 from meshd.net.validator import AGENT_RECORD_NAMESPACE, AgentRecordValidator
 from protocol.frames import Mode
+from protocol.ids import NodeId
 
 if TYPE_CHECKING:
     # trio 0.35 ships TaskStatus, but libp2p pulls in trio-typing whose trio-stubs (which
@@ -129,13 +138,17 @@ class Libp2pNetwork:
         mdns: bool = False,
         limits: HostLimits | None = None,
         discovery: DiscoverySettings | None = None,
+        gossip: GossipSettings | None = None,
         wall_clock: WallClock = wall_ms,
         messages: StreamSettings | None = None,
+        requests: RequestSettings | None = None,
     ) -> None:
         install_kad_protocol_id()
         self._listen = [Multiaddr(addr) for addr in listen]
         self._limits = limits or HostLimits()
         self._host = build_host(seed, self._limits, mdns=mdns)
+        # Now, before any connection: Pubsub ignores connections made before it exists.
+        self._topics = TopicService(self._host, gossip, wall_clock=wall_clock)
         self.validator = AgentRecordValidator(wall_clock)
         # Strict: a key outside /pk/, /ipns/ and /ma/ is refused, not stored unchecked.
         self._dht = KadDHT(self._host, DHTMode.SERVER, strict_validation=True)
@@ -154,6 +167,7 @@ class Libp2pNetwork:
         )
         self._notifee = _Notifee(self)
         self._messages = MessageStreams(self._host, messages)
+        self._requests = RequestStreams(self._host, requests)
 
     # -- Network interface ------------------------------------------------------------
 
@@ -220,17 +234,64 @@ class Libp2pNetwork:
         out: dict[str, Any] = dict(sorted(self._counters.items()))
         out["records_rejected"] = dict(self.validator.rejected)
         out["messages"] = self._messages.stats()
+        out["pubsub"] = self._topics.stats()
+        out["requests"] = self._requests.stats()
         return out
 
     def set_message_handler(self, handler: MessageHandler | None) -> None:
         """Accept `/meshd/msg/1.0.0` streams and give their MSG frames to `handler`."""
         self._messages.set_handler(handler)
 
+    @property
+    def topics(self) -> TopicService:
+        """The GossipSub topic service (for tests and benchmarks inside meshd.net only)."""
+        return self._topics
+
+    def set_topic_handler(self, handler: TopicHandler | None) -> None:
+        """Give the messages of subscribed topics (from other nodes) to `handler`."""
+        self._topics.set_handler(handler)
+
+    async def subscribe_topic(self, topic: str) -> None:
+        """Join the GossipSub mesh of `/meshd/topic/<topic>` (idempotent)."""
+        await self._topics.subscribe(topic)
+
+    async def unsubscribe_topic(self, topic: str) -> None:
+        """Leave the GossipSub mesh of `/meshd/topic/<topic>` (idempotent)."""
+        await self._topics.unsubscribe(topic)
+
+    async def publish_topic(self, topic: str, envelope: bytes) -> None:
+        """Publish an envelope addressed to `topic` on GossipSub (paced, best effort)."""
+        await self._topics.publish(topic, envelope)
+
     async def send_message(
         self, peer_id: str, addrs: Sequence[str], envelope: bytes, *, mode: Mode
     ) -> SendResult:
         """Carry one envelope to `peer_id` on its message stream and await the ACK."""
         return await self._messages.send(peer_id, addrs, envelope, mode)
+
+    def peer_addrs(self, peer_id: str) -> list[str]:
+        """The addresses the peerstore holds for `peer_id` (connected or not), or []."""
+        try:
+            peer = ID(NodeId.from_text(peer_id).raw)
+            return [str(addr) for addr in self._host.get_peerstore().addrs(peer)]
+        except (ValueError, PeerStoreError):
+            return []
+
+    def set_request_handler(self, protocol: str, handler: RequestHandler | None) -> None:
+        """Answer one-shot requests on `protocol` (`meshd.net.rpc`) with `handler`."""
+        self._requests.set_handler(protocol, handler)
+
+    async def request(
+        self,
+        peer_id: str,
+        addrs: Sequence[str],
+        protocol: str,
+        payload: bytes,
+        *,
+        timeout: float,
+    ) -> bytes:
+        """Send one request on a stream of its own and return the answer (`meshd.net.rpc`)."""
+        return await self._requests.request(peer_id, addrs, protocol, payload, timeout=timeout)
 
     async def serve(
         self,
@@ -250,6 +311,7 @@ class Libp2pNetwork:
                 reasons = [f"{a}: {_bind_error(a) or 'refused by py-libp2p'}" for a in missing]
                 raise NetworkError(f"cannot listen on {'; '.join(reasons)}")
             async with background_trio_service(self._dht), trio.open_nursery() as nursery:
+                await nursery.start(self._topics.serve)
                 await nursery.start(self._messages.serve)
                 await nursery.start(self._discovery.serve)
                 nursery.start_soon(self._reconcile)

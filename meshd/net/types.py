@@ -8,6 +8,10 @@ addresses are plain text (base58 PeerIDs, multiaddr strings).
 Messages between agents travel on `/meshd/msg/1.0.0` (framing in `protocol.frames`): the
 network carries MSG frames to a peer and their answers back (`send_message`), and hands MSG
 frames from peers to the one registered `MessageHandler` in batches (`InboundBatch`).
+Rare, large exchanges between nodes (agent migration) are one-shot requests, each on a
+stream of its own (`request`, answered by the `RequestHandler` set for its protocol).
+Topic messages (agent pub/sub) go to every node subscribed to the topic (`publish_topic`,
+`subscribe_topic`) and reach the node through its one `TopicHandler`.
 """
 
 from __future__ import annotations
@@ -37,8 +41,11 @@ __all__ = [
     "PeerConnected",
     "PeerDisconnected",
     "PeerSnapshot",
+    "RequestError",
+    "RequestHandler",
     "RoutingTableChanged",
     "SendResult",
+    "TopicHandler",
 ]
 
 # The outcome of a message whose peer could not be reached or whose stream broke.
@@ -130,9 +137,23 @@ class InboundBatch(Protocol):
         ...
 
 
+class RequestError(Exception):
+    """A request to a peer got no answer: unreachable, refused, timed out or malformed."""
+
+
+# Answers one request from a peer: (peer id, payload) -> answer. An exception it raises is
+# counted and logged, and the requester sees a failure; nothing reaches the network layer.
+RequestHandler = Callable[[str, bytes], Awaitable[bytes]]
+
+
 # Takes ownership of a batch, waiting while the node is busy (that wait is the backpressure
 # on the peer), and acks it later, so several batches can be in the works at once.
 MessageHandler = Callable[[InboundBatch], Awaitable[None]]
+
+# Takes one topic message from another node: (topic name, envelope bytes). The envelope has
+# passed the topic validator (structure, size, expiry, skew, signature, `to` is the topic,
+# not seen before); it is handed over once, and never for this node's own publications.
+TopicHandler = Callable[[str, bytes], Awaitable[None]]
 
 
 class Network(Protocol):
@@ -159,6 +180,10 @@ class Network(Protocol):
         """How many other peers we know an address for (peerstore), connected or not."""
         ...
 
+    def peer_addrs(self, peer_id: str) -> list[str]:
+        """The addresses we know for `peer_id` (connected or from the peerstore), or []."""
+        ...
+
     def stats(self) -> dict[str, Any]:
         """Counters for status and metrics (dials, rejections, dropped events...)."""
         ...
@@ -180,6 +205,27 @@ class Network(Protocol):
         """Accept message streams and give their MSG frames to `handler` (None: refuse them)."""
         ...
 
+    def set_topic_handler(self, handler: TopicHandler | None) -> None:
+        """Give the messages of subscribed topics to `handler` (None: count and drop them)."""
+        ...
+
+    async def subscribe_topic(self, topic: str) -> None:
+        """Receive and relay the topic's messages from now on (idempotent)."""
+        ...
+
+    async def unsubscribe_topic(self, topic: str) -> None:
+        """Stop receiving the topic's messages (idempotent)."""
+        ...
+
+    async def publish_topic(self, topic: str, envelope: bytes) -> None:
+        """Publish an envelope addressed to `topic` to the other nodes subscribed to it.
+
+        Best effort (GossipSub): returns once handed to the mesh, waiting while our own rate
+        on the topic is at the network's limit. Raises ValueError if the envelope is not
+        addressed to `topic`.
+        """
+        ...
+
     async def dht_put(self, key: str, value: bytes) -> None:
         """Store a validated record in the DHT (at the peers closest to `key`)."""
         ...
@@ -195,5 +241,24 @@ class Network(Protocol):
 
         Waits while the peer's bounded queue is full. Cancelling gives up waiting (the message
         may still arrive); a broken stream or failed dial gives `unreachable`.
+        """
+        ...
+
+    def set_request_handler(self, protocol: str, handler: RequestHandler | None) -> None:
+        """Answer one-shot requests on `protocol` with `handler` (None: refuse them)."""
+        ...
+
+    async def request(
+        self,
+        peer_id: str,
+        addrs: Sequence[str],
+        protocol: str,
+        payload: bytes,
+        *,
+        timeout: float,
+    ) -> bytes:
+        """Send one request to `peer_id` on its own stream (dialing `addrs` if needed).
+
+        Returns the peer handler's answer; raises `RequestError` with the reason otherwise.
         """
         ...

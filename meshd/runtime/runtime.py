@@ -35,7 +35,7 @@ from meshd.runtime.quota import QuotaExceeded, TokenBucket
 from meshd.runtime.records import birth_cert
 from meshd.runtime.sdk import AgentError, DeliveryReport, Message
 from meshd.runtime.settings import RuntimeSettings
-from meshd.store import AgentRow, DuplicateAgent, InboxFull, Store, StoreError
+from meshd.store import AgentExport, AgentRow, DuplicateAgent, InboxFull, Store, StoreError
 from protocol.envelope import Envelope
 from protocol.errors import LocalProtocolError
 from protocol.ids import AgentId, SigningKey
@@ -58,6 +58,8 @@ _SPAWN_CHUNK = 5_000
 _LIST_MAX = 10_000
 _EXTERNAL = "external"
 OPERATOR_NAME = "operator"
+# Agents that migrated away are remembered (to answer not_here) up to this many, newest kept.
+_MOVED_MAX = 65_536
 
 
 class Messenger(Protocol):
@@ -215,6 +217,10 @@ class Runtime:
         self._spawn_lock = trio.Lock()
         self._limiter = trio.CapacityLimiter(self.settings.max_handlers)
         self._nursery: trio.Nursery | None = None
+        # Messages for agents in the middle of a migration, held until it ends (bounded).
+        self._held: dict[bytes, list[tuple[Envelope, bool]]] = {}
+        # Agents that migrated away lately: senders that still come here get not_here.
+        self._moved: OrderedDict[bytes, None] = OrderedDict()
 
     # -- service -----------------------------------------------------------------------
 
@@ -250,9 +256,12 @@ class Runtime:
 
     def state_of(self, agent: AgentId) -> State | None:
         """The agent's lifecycle state here, or None."""
+        state = self._index.get(agent.raw)
+        if state is State.MIGRATING:
+            return state  # even while its last handler finishes
         if agent.raw in self._active:
             return State.ACTIVE
-        return self._index.get(agent.raw)
+        return state
 
     def counts(self) -> dict[str, int]:
         """How many agents are in each state."""
@@ -563,7 +572,9 @@ class Runtime:
         state = self._index.get(raw)
         if state is None:
             return "not_here"
-        if state is State.SUSPENDED or state is State.MIGRATING or raw in self._external:
+        if state is State.MIGRATING:
+            return self._hold(raw, envelope, ack is not None)
+        if state is State.SUSPENDED or raw in self._external:
             return await self._queue(raw, envelope, ack is not None)
         activation = self._active.get(raw) or await self._activate(recipient)
         if activation is None:
@@ -844,6 +855,115 @@ class Runtime:
         self.stats.deleted += 1
         log.info("agent %s %s", agent.did, reason)
 
+    # -- migration (meshd.migration drives these) ---------------------------------------
+
+    async def begin_migration(self, agent: AgentId) -> State:
+        """Stop an agent for its move to another node; return the state to restore on failure.
+
+        Its running handler finishes and saves its state; what waited in its memory goes to
+        its persistent inbox, which migrates with it; messages arriving from now on are held
+        until `forget_migrated` (forwarded) or `abort_migration` (delivered here).
+        """
+        raw = agent.raw
+        previous = self._current(agent)
+        check_transition("migrate", previous)
+        self._index[raw] = State.MIGRATING
+        try:
+            activating = self._activating.get(raw)
+            if activating is not None:
+                await activating.wait()  # that activation marks it active: mark it again
+                if raw in self._index:
+                    self._index[raw] = State.MIGRATING
+            activation = self._active.get(raw)
+            if activation is not None:
+                pending = list(activation.inbox)
+                activation.inbox.clear()
+                await self._stop(activation)
+                for message, ack in pending:
+                    outcome = await self._queue(raw, message.envelope, ack is not None)
+                    if ack is not None:
+                        ack.finish(outcome)
+            if self._index.get(raw) is not State.MIGRATING:
+                # It declared itself done, and was deleted, while its last handler finished.
+                raise UnknownAgent(f"agent {agent.did} was deleted as it stopped to migrate")
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self.abort_migration(agent, previous)
+            raise
+        return previous
+
+    def _hold(self, raw: bytes, envelope: Envelope, reliable: bool) -> str:
+        held = self._held.setdefault(raw, [])
+        if len(held) >= self.settings.inbox_limit:
+            self.stats.inbox_full += 1
+            return "rejected:rate_limited"
+        held.append((envelope, reliable))
+        self.stats.queued += 1
+        return "queued"
+
+    async def abort_migration(self, agent: AgentId, previous: State) -> None:
+        """The move failed: the agent stays, as it was, and gets the messages held meanwhile."""
+        raw = agent.raw
+        if self._index.get(raw) is not State.MIGRATING:
+            return
+        restored = State.SUSPENDED if previous is State.SUSPENDED else State.DORMANT
+        self._index[raw] = restored
+        for envelope, reliable in self._held.pop(raw, []):
+            await self._queue(raw, envelope, reliable)
+        if restored is State.DORMANT and raw not in self._external:
+            await self._flush_inbox(agent)
+        log.info("agent %s stays here (%s): its migration failed", agent.did, restored.value)
+
+    async def forget_migrated(self, agent: AgentId) -> list[tuple[Envelope, bool]]:
+        """The agent now lives on another node: drop it here WITHOUT a tombstone record.
+
+        The listener is not told (its `deleting` would publish `gone`). The local row becomes
+        a tombstone, which keeps the record sequence (for a later return) and the birth
+        certificate (for its children's provenance). Returns the messages held during the
+        move, for the caller to forward as (envelope, reliable).
+        """
+        raw = agent.raw
+        held = self._held.pop(raw, [])
+        await self.store.delete_agent(raw, self.clock())
+        self._index.pop(raw, None)
+        self._external.discard(raw)
+        self._moved[raw] = None
+        self._moved.move_to_end(raw)
+        while len(self._moved) > _MOVED_MAX:
+            self._moved.popitem(last=False)
+        log.info("agent %s migrated away", agent.did)
+        return held
+
+    def hosts_or_moved(self, agent: AgentId) -> bool:
+        """Whether messages for `agent` are answered here: hosted, or lately moved away."""
+        return agent.raw in self._index or agent.raw in self._moved
+
+    async def adopt(self, exported: AgentExport) -> None:
+        """Host an agent that migrated here: store it and its inbox, index it, deliver its inbox.
+
+        Raises `DuplicateAgent` (id hosted here, or name taken), `QuotaExceeded` or `StoreError`.
+        """
+        row = exported.row
+        raw = row.id
+        if raw in self._index:
+            raise DuplicateAgent("adopt", raw, "id already hosted here")
+        if len(self._index) >= self.settings.max_agents:
+            reason = f"node holds {len(self._index)} agents, its quota"
+            self.stats.quota_refusals["max_agents"] = (
+                self.stats.quota_refusals.get("max_agents", 0) + 1
+            )
+            raise QuotaExceeded("max_agents", reason)
+        await self.store.import_agent(exported, self.clock())
+        state = State.SUSPENDED if row.lifecycle == State.SUSPENDED.value else State.DORMANT
+        self._index[raw] = state
+        if row.kind == _EXTERNAL:
+            self._external.add(raw)
+        self._moved.pop(raw, None)
+        agent = AgentId(raw)
+        log.info("agent %s arrived (%s, %d waiting)", agent.did, state.value, len(exported.inbox))
+        if state is State.DORMANT and raw not in self._external and exported.inbox:
+            await self._flush_inbox(agent)
+
     # -- sending on behalf of an agent (CLI, attached processes) -------------------------
 
     async def operator(self) -> AgentId:
@@ -922,6 +1042,9 @@ class Runtime:
 
     async def signing_key(self, agent: AgentId) -> SigningKey:
         """The key of a hosted agent, for an attached external process sending as it."""
+        if self._index.get(agent.raw) is State.MIGRATING:
+            # Nothing is signed as an agent on its way out: its new node signs from now on.
+            raise UnknownAgent(f"agent {agent.did} is migrating away from this node")
         row = await self.store.get_agent(agent.raw)
         if row is None or not row.secret or row.lifecycle == State.GONE.value:
             raise UnknownAgent(f"no agent {agent.did} on this node")
