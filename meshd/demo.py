@@ -3,7 +3,8 @@
 It starts three `meshd run` processes with their own data directories (in a temporary
 directory, removed afterwards), lets them discover each other through the DHT, spawns agents
 on each, and has them exchange direct messages, requests and relayed requests across nodes,
-then prints what happened (outcomes, route paths, latencies) and stops every daemon cleanly.
+publishes one message on a topic that a subscribed agent on every node receives, then prints
+what happened (outcomes, route paths, latencies) and stops every daemon cleanly.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from meshd.localmesh import DaemonFailed, LocalDaemon, start_mesh, wait_until
 
 NAMES = ("alpha", "beta", "gamma")
 ROUNDS = 20
+TOPIC = "demo/news"
 
 
 def _say(text: str) -> None:
@@ -96,6 +98,29 @@ def run(root: Path) -> int:
                 f"  {node.data_dir.name:<6} agents {agents.get('total', 0)}"
                 f" (active {agents.get('active', 0)})  routes {routes}"
             )
+        # Pub/sub: one counter per node subscribes to a topic; one publication reaches all.
+        listeners = [_spawn(node, "counter") for node in nodes]
+        for node, listener in zip(nodes, listeners, strict=True):
+            node.post(f"/v1/agents/{listener}/subscribe", {"topic": TOPIC})
+        time.sleep(2.5)  # GossipSub meshes form on the 1 s heartbeat
+
+        def counted() -> list[Any]:
+            return [
+                _send(node, listener, {"add": 0}, wait=True, kind="req")[0]
+                .get("reply", {})
+                .get("body", {})
+                .get("count")
+                for node, listener in zip(nodes, listeners, strict=True)
+            ]
+
+        gamma.post("/v1/send", {"topic": TOPIC, "body": {"add": 1}})
+        reached = wait_until(
+            lambda: (lambda c: c if all(n == 1 for n in c) else None)(counted()),
+            timeout=15,
+            what="the topic message to reach every subscriber",
+        )
+        _say(f"topic {TOPIC!r}: one publication from gamma counted on {len(reached)} nodes")
+
         replies = sum(len(v) for v in latencies.values())
         ok = replies == 3 * ROUNDS
         _say("\nthe mesh works" if ok else f"\nonly {replies} of {3 * ROUNDS} requests answered")
