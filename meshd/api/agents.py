@@ -26,22 +26,34 @@ subscriptions. An external agent subscribed to a topic finds its messages in its
 The GET returns what waits at once, or long-polls up to `wait` seconds for the first message.
 Messages stay in the agent's persistent inbox until acked, so a client that dies before its
 ack gets them again (at least once: dedupe by `id`). `meshd agent attach` is such a client.
+
+The request parsing and the JSON conversions live in `meshd.api.agent_json`; their names stay
+importable from here.
 """
 
 from __future__ import annotations
 
-import base64
+import base64 as base64
 import logging
-import math
+import math as math
 import re
-from collections.abc import Collection, Iterator
+from collections.abc import Collection as Collection
+from collections.abc import Iterator
 from contextlib import contextmanager
-from json import JSONDecodeError
+from json import JSONDecodeError as JSONDecodeError
 from typing import TYPE_CHECKING, Any
 
 import trio
 from starlette.requests import Request
 
+from meshd.api.agent_json import _bad as _bad
+from meshd.api.agent_json import _Fields as _Fields
+from meshd.api.agent_json import _json_object as _json_object
+from meshd.api.agent_json import _message_json as _message_json
+from meshd.api.agent_json import _query as _query
+from meshd.api.agent_json import _query_float as _query_float
+from meshd.api.agent_json import _query_int as _query_int
+from meshd.api.agent_json import jsonable
 from meshd.api.base import ApiProblem, Endpoint
 from meshd.api.openapi import QueryParam
 from meshd.migration import MigrationError, Migrator
@@ -50,11 +62,15 @@ from meshd.runtime import AgentError, LifecycleError, QuotaExceeded, Runtime, St
 from meshd.runtime.kinds import KindError
 from meshd.store import AgentGone, AgentNotFound, DuplicateAgent, InboxFull
 from protocol.envelope import MAX_TOPIC_LEN, MSG_ID_LEN, Envelope
-from protocol.errors import LocalProtocolError, RemoteProtocolError
+from protocol.errors import LocalProtocolError
+from protocol.errors import RemoteProtocolError as RemoteProtocolError
 from protocol.ids import AgentId
 
 if TYPE_CHECKING:
     from meshd.api.server import NodeView
+
+# The `name as name` imports above re-export what this module defined or imported before the
+# request parsing and JSON conversions moved to `meshd.api.agent_json`.
 
 __all__ = [
     "AGENT_ENDPOINTS",
@@ -90,10 +106,6 @@ _STATES = tuple(state.value for state in State)
 # --- request parsing -------------------------------------------------------------------------
 
 
-def _bad(message: str, code: str = "bad_request") -> ApiProblem:
-    return ApiProblem(400, code, message)
-
-
 def _runtime(view: NodeView) -> Runtime:
     """The node's runtime, or 503 when this view hosts no agents."""
     try:
@@ -103,132 +115,6 @@ def _runtime(view: NodeView) -> Runtime:
     if not isinstance(runtime, Runtime):
         raise ApiProblem(503, "no_runtime", "this node runs no agent runtime")
     return runtime
-
-
-async def _json_object(request: Request, what: str) -> dict[str, Any]:
-    try:
-        data = await request.json()
-    except (JSONDecodeError, UnicodeDecodeError) as exc:
-        raise _bad(f"{what}: the body is not valid JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise _bad(f"{what}: the body must be a JSON object, not {type(data).__name__}")
-    return data
-
-
-class _Fields:
-    """Typed reads of a JSON request object; every refusal is a 400 naming the field."""
-
-    def __init__(self, data: dict[str, Any], what: str, allowed: Collection[str]) -> None:
-        unknown = sorted(set(data) - set(allowed))
-        if unknown:
-            raise _bad(
-                f"unknown field {unknown[0]!r} in the {what} request "
-                f"(fields: {', '.join(sorted(allowed))})"
-            )
-        self.data = data
-
-    def _fail(self, key: str, wanted: str) -> ApiProblem:
-        return _bad(f"{key!r} must be {wanted}, got {self.data[key]!r:.80}")
-
-    def has(self, key: str) -> bool:
-        """Whether the field is present (even as null)."""
-        return key in self.data
-
-    def text(self, key: str, *, max_len: int = 256) -> str | None:
-        """A string field of 1..max_len characters, or None when absent or null."""
-        value = self.data.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, str) or not 0 < len(value) <= max_len:
-            raise self._fail(key, f"a string of 1..{max_len} characters")
-        return value
-
-    def integer(self, key: str, *, low: int, high: int) -> int | None:
-        """An integer field in [low, high], or None when absent or null."""
-        value = self.data.get(key)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise self._fail(key, f"an integer from {low} to {high}")
-        return value
-
-    def number(self, key: str, *, low: float, high: float, open_low: bool = False) -> float | None:
-        """A finite number in [low, high] (or (low, high]), or None when absent or null."""
-        value = self.data.get(key)
-        if value is None:
-            return None
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        ok = ok and math.isfinite(value) and (value > low if open_low else value >= low)
-        if not ok or value > high:
-            bound = "more than" if open_low else "at least"
-            raise self._fail(key, f"a number {bound} {low:g} and at most {high:g}")
-        return float(value)
-
-    def flag(self, key: str) -> bool:
-        """A boolean field, false when absent or null."""
-        value = self.data.get(key)
-        if value is None:
-            return False
-        if not isinstance(value, bool):
-            raise self._fail(key, "true or false")
-        return value
-
-    def texts(self, key: str, *, max_len: int = 64, max_items: int = 64) -> list[str]:
-        """A list of strings, empty when absent or null."""
-        value = self.data.get(key)
-        if value is None:
-            return []
-        wanted = f"a list of at most {max_items} strings of 1..{max_len} characters"
-        if not isinstance(value, list) or len(value) > max_items:
-            raise self._fail(key, wanted)
-        for item in value:
-            if not isinstance(item, str) or not 0 < len(item) <= max_len:
-                raise self._fail(key, wanted)
-        return value
-
-    def mapping(self, key: str) -> dict[str, Any]:
-        """A JSON object field, empty when absent or null."""
-        value = self.data.get(key)
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise self._fail(key, "a JSON object")
-        return value
-
-
-def _query(request: Request, allowed: Collection[str]) -> dict[str, str]:
-    params = request.query_params
-    for key in params:
-        if key not in allowed:
-            known = ", ".join(sorted(allowed)) or "none"
-            raise _bad(f"unknown query parameter {key!r} (parameters: {known})")
-    return {key: params[key] for key in params}
-
-
-def _query_int(params: dict[str, str], key: str, default: int, low: int, high: int) -> int:
-    text = params.get(key)
-    if text is None or text == "":
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        value = low - 1
-    if not low <= value <= high:
-        raise _bad(f"query parameter {key!r} must be an integer from {low} to {high}, got {text!r}")
-    return value
-
-
-def _query_float(params: dict[str, str], key: str, default: float, high: float) -> float:
-    text = params.get(key)
-    if text is None or text == "":
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 <= value <= high:  # also refuses nan
-        raise _bad(f"query parameter {key!r} must be a number from 0 to {high:g}, got {text!r}")
-    return value
 
 
 def _check_name(name: str) -> str:
@@ -281,57 +167,6 @@ def _runtime_errors(subject: str) -> Iterator[None]:
         raise ApiProblem(422, "unknown_kind", str(exc)) from exc
     except (AgentError, LocalProtocolError) as exc:
         raise _bad(f"{subject}: {exc}") from exc
-
-
-# --- JSON out --------------------------------------------------------------------------------
-
-
-def jsonable(value: Any) -> Any:
-    """Plain CBOR data as JSON data (bytes as {"$base64": ...}, keys as text, inf/nan as text)."""
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, float):
-        if math.isfinite(value):
-            return value
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, bytes | bytearray | memoryview):
-        return {"$base64": base64.b64encode(bytes(value)).decode("ascii")}
-    if isinstance(value, dict):
-        return {(k if isinstance(k, str) else str(k)): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(item) for item in value]
-    # Not plain CBOR (the decoder refuses tags); say what it was rather than fail the request.
-    return repr(value)
-
-
-def _message_json(seq: int, frame: bytes) -> dict[str, Any]:
-    try:
-        envelope = Envelope.decode(frame)
-    except RemoteProtocolError as exc:
-        # It was checked when it arrived; still, the client must be able to ack past it.
-        log.warning("inbox frame %d cannot be decoded: %s", seq, exc)
-        return {
-            "seq": seq,
-            "id": None,
-            "from": None,
-            "kind": None,
-            "body": None,
-            "reply_to": None,
-            "topic": None,
-            "created_ms": None,
-            "error": f"undecodable message: {exc}",
-        }
-    recipient = envelope.recipient
-    return {
-        "seq": seq,
-        "id": envelope.msg_id.hex(),
-        "from": envelope.sender.did,
-        "kind": envelope.kind,
-        "body": jsonable(envelope.body),
-        "reply_to": envelope.reply_to.hex() if envelope.reply_to is not None else None,
-        "topic": recipient if isinstance(recipient, str) else None,
-        "created_ms": envelope.created_ms,
-    }
 
 
 # --- handlers --------------------------------------------------------------------------------

@@ -10,7 +10,10 @@ Memory model (DESIGN.md section 5, targets in section 8):
   used first, when more than `max_active` are active.
 
 Messages reach an agent through `deliver()`, which the delivery layer calls after verifying
-the envelope. A reply to a pending `ctx.request` is matched here, before any inbox.
+the envelope. A reply to a pending `ctx.request` is matched there, before any inbox. `Runtime`
+is assembled from mixins: delivery and at-least-once live in `meshd.runtime.intake`, the
+migration hooks, `send_as` and the external-agent helpers in `meshd.runtime.boundary`; their
+names stay importable from here.
 """
 
 from __future__ import annotations
@@ -23,25 +26,40 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-import cbor2
+import cbor2 as cbor2
 import trio
 
 from meshd.clock import WallClock, wall_ms
 from meshd.runtime.activation import Activation
+from meshd.runtime.boundary import _EXTERNAL as _EXTERNAL
+from meshd.runtime.boundary import _MOVED_MAX as _MOVED_MAX
+from meshd.runtime.boundary import OPERATOR_NAME as OPERATOR_NAME
+from meshd.runtime.boundary import BoundaryMixin
+from meshd.runtime.intake import ReplySlot
+from meshd.runtime.intake import _Ack as _Ack
+from meshd.runtime.intake import _decode_state as _decode_state
+from meshd.runtime.intake import _encode_state as _encode_state
 from meshd.runtime.keys import KeyVault, generate_agent_keys
 from meshd.runtime.kinds import BUILTIN_KINDS, resolve_kind
 from meshd.runtime.lifecycle import LifecycleError, State, UnknownAgent, check_transition
 from meshd.runtime.quota import QuotaExceeded, TokenBucket
 from meshd.runtime.records import birth_cert
-from meshd.runtime.sdk import AgentError, DeliveryReport, Message
+from meshd.runtime.sdk import AgentError, DeliveryReport
+from meshd.runtime.sdk import Message as Message
 from meshd.runtime.settings import RuntimeSettings
-from meshd.store import AgentExport, AgentRow, DuplicateAgent, InboxFull, Store, StoreError
+from meshd.store import AgentExport as AgentExport
+from meshd.store import AgentRow, DuplicateAgent, Store
+from meshd.store import InboxFull as InboxFull
+from meshd.store import StoreError as StoreError
 from protocol.envelope import Envelope
-from protocol.errors import LocalProtocolError
+from protocol.errors import LocalProtocolError as LocalProtocolError
 from protocol.ids import AgentId, SigningKey
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
+
+# The `name as name` imports above re-export what this module defined or imported before
+# `IntakeMixin` and `BoundaryMixin` moved out, so that every old import still works.
 
 __all__ = [
     "Messenger",
@@ -56,10 +74,6 @@ log = logging.getLogger("meshd.runtime")
 
 _SPAWN_CHUNK = 5_000
 _LIST_MAX = 10_000
-_EXTERNAL = "external"
-OPERATOR_NAME = "operator"
-# Agents that migrated away are remembered (to answer not_here) up to this many, newest kept.
-_MOVED_MAX = 65_536
 
 
 class Messenger(Protocol):
@@ -118,44 +132,6 @@ class LocalMessenger:
         self._topics.setdefault(topic, set()).add(agent.raw)
 
 
-class _Ack:
-    """The answer owed to the sender of an at-least-once message, once it is handled."""
-
-    __slots__ = ("event", "outcome")
-
-    def __init__(self) -> None:
-        self.event = trio.Event()
-        self.outcome = "rejected:unavailable"
-
-    def finish(self, outcome: str) -> None:
-        """Set the outcome and wake the delivery waiting to answer."""
-        if not self.event.is_set():
-            self.outcome = outcome
-            self.event.set()
-
-
-class ReplySlot:
-    """Where a reply to a pending request lands."""
-
-    __slots__ = ("_event", "message")
-
-    def __init__(self) -> None:
-        self._event = trio.Event()
-        self.message: Message | None = None
-
-    def fill(self, message: Message) -> None:
-        """Store the reply and wake the waiter."""
-        if self.message is None:
-            self.message = message
-            self._event.set()
-
-    async def wait(self) -> Message:
-        """Wait for the reply."""
-        await self._event.wait()
-        assert self.message is not None
-        return self.message
-
-
 @dataclass(slots=True)
 class RuntimeStats:
     """Counters for status and metrics."""
@@ -174,19 +150,7 @@ class RuntimeStats:
     quota_refusals: dict[str, int] = field(default_factory=dict)
 
 
-def _encode_state(state: dict[str, Any]) -> bytes:
-    try:
-        return cbor2.dumps(state, canonical=True)
-    except (cbor2.CBOREncodeError, TypeError, ValueError) as exc:
-        raise AgentError(f"agent state is not CBOR-encodable: {exc}") from exc
-
-
-def _decode_state(data: bytes) -> dict[str, Any]:
-    state = cbor2.loads(data) if data else {}
-    return state if isinstance(state, dict) else {}
-
-
-class Runtime:
+class Runtime(BoundaryMixin):
     """Hosts agents: spawn, activation, eviction, lifecycle, TTL and quotas."""
 
     def __init__(
@@ -513,113 +477,6 @@ class Runtime:
             nursery.start_soon(part, 1, n - half)
         return results[0] + results[1]
 
-    # -- delivery ----------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def expect_reply(self, request: Envelope) -> Iterator[ReplySlot]:
-        """Register a pending request so that its reply is matched, not queued."""
-        slot = ReplySlot()
-        self._pending[request.msg_id] = (request.sender.raw, slot)
-        try:
-            yield slot
-        finally:
-            self._pending.pop(request.msg_id, None)
-
-    async def deliver(
-        self, envelope: Envelope, *, reliable: bool = False, to: AgentId | None = None
-    ) -> str:
-        """Hand a verified envelope to its local recipient; return the delivery outcome."""
-        recipient = to if to is not None else envelope.recipient
-        if not isinstance(recipient, AgentId):
-            return "rejected:wrong_recipient"
-        if envelope.reply_to is not None:
-            pending = self._pending.get(envelope.reply_to)
-            if pending is not None and pending[0] == recipient.raw:
-                pending[1].fill(Message.from_envelope(envelope))
-                return "delivered"
-        if recipient.raw not in self._index:
-            return "not_here"
-        if envelope.reply_to is not None and recipient.raw == self._operator:
-            # A reply nobody waits for any more (a `meshd send` that did not --wait, or that
-            # timed out): the operator is no agent, so there is no one to keep it for.
-            self.stats.unclaimed_replies += 1
-            return "delivered"
-        if not reliable:
-            return await self._deliver_once(recipient, envelope, None)
-        # At-least-once: the sender retries until we answer, so a copy may come again while
-        # the first is being handled, or after it was: either way it is handled once.
-        key = envelope.sender.raw + envelope.msg_id
-        inflight = self._inflight.get(key)
-        if inflight is not None:
-            self.stats.duplicates += 1
-            await inflight.event.wait()
-            return inflight.outcome
-        ack = self._inflight[key] = _Ack()
-        try:
-            if await self.store.dedupe_contains(envelope.sender.raw, envelope.msg_id):
-                self.stats.duplicates += 1
-                ack.finish("delivered")
-            else:
-                ack.finish(await self._deliver_once(recipient, envelope, ack))
-        finally:
-            ack.finish("rejected:unavailable")  # cancelled: answer the copies waiting too
-            del self._inflight[key]
-        return ack.outcome
-
-    async def _deliver_once(self, recipient: AgentId, envelope: Envelope, ack: _Ack | None) -> str:
-        """Queue or hand the message to the agent; with an ack, wait until it is handled."""
-        raw = recipient.raw
-        state = self._index.get(raw)
-        if state is None:
-            return "not_here"
-        if state is State.MIGRATING:
-            return self._hold(raw, envelope, ack is not None)
-        if state is State.SUSPENDED or raw in self._external:
-            return await self._queue(raw, envelope, ack is not None)
-        activation = self._active.get(raw) or await self._activate(recipient)
-        if activation is None:
-            return "gone"
-        if len(activation.inbox) >= self.settings.inbox_limit:
-            self.stats.inbox_full += 1
-            return "rejected:rate_limited"
-        activation.inbox.append((Message.from_envelope(envelope), ack))
-        self._active.move_to_end(raw)
-        if not activation.running:
-            activation.running = True
-            assert self._nursery is not None, "runtime is not serving"
-            self._nursery.start_soon(self._drain, activation)
-        if ack is None:
-            return "delivered"
-        # Answer only once the handler's effects are committed with the dedupe key.
-        await ack.event.wait()
-        return ack.outcome
-
-    async def _queue(self, raw: bytes, envelope: Envelope, reliable: bool) -> str:
-        """Put a message in the agent's persistent inbox (suspended or external agents)."""
-        try:
-            if reliable:
-                fresh = await self.store.inbox_put_once(
-                    raw,
-                    envelope.frame,
-                    envelope.sender.raw,
-                    envelope.msg_id,
-                    envelope.expires_ms,
-                    self.clock(),
-                )
-                if not fresh:
-                    self.stats.duplicates += 1
-                    return "queued"
-            else:
-                await self.store.inbox_put(raw, [envelope.frame], self.clock())
-        except InboxFull:
-            self.stats.inbox_full += 1
-            return "rejected:rate_limited"
-        self.stats.queued += 1
-        waiter = self._inbox_waiters.pop(raw, None)
-        if waiter is not None:
-            waiter.set()
-        return "queued"
-
     async def _activate(self, agent: AgentId) -> Activation | None:
         raw = agent.raw
         pending = self._activating.get(raw)
@@ -657,105 +514,6 @@ class Runtime:
         finally:
             del self._activating[raw]
             event.set()
-
-    async def _drain(self, activation: Activation) -> None:
-        try:
-            async with self._limiter:
-                while activation.inbox and not activation.stopping:
-                    message, ack = activation.inbox.popleft()
-                    try:
-                        await activation.behaviour.on_message(activation.ctx, message)
-                        self.stats.handled += 1
-                    except Exception:  # an agent's bug must not take the node down
-                        self.stats.handler_errors += 1
-                        log.exception(
-                            "agent %s: on_message failed for %s", activation.agent.did, message.kind
-                        )
-                    if ack is None:
-                        await self._save_state(activation)
-                    else:
-                        await self._commit_delivery(activation, message, ack)
-                    if activation.done:
-                        # Not running any more: delete() must not wait for this very task.
-                        activation.running = False
-                        await self.delete(activation.agent, reason="done")
-                        return
-        finally:
-            activation.running = False
-            activation.last_used = trio.current_time()
-            if activation.idle is not None:
-                activation.idle.set()
-
-    async def _commit_delivery(self, activation: Activation, message: Message, ack: _Ack) -> None:
-        """Record an at-least-once message as handled, in one write with the new state."""
-        envelope = message.envelope
-        encoded: bytes | None = None
-        try:
-            encoded = _encode_state(activation.state)
-        except AgentError:
-            self.stats.handler_errors += 1
-            log.error("agent %s: state is not CBOR-encodable; not saved", activation.agent.did)
-        changed = encoded is not None and encoded != activation.saved_state
-        try:
-            await self.store.commit_delivery(
-                envelope.sender.raw,
-                envelope.msg_id,
-                envelope.expires_ms,
-                activation.agent.raw,
-                encoded if changed else None,
-                activation.state_version,
-                now_ms=self.clock(),
-            )
-        except StoreError as exc:
-            log.error("agent %s: delivery not committed: %s", activation.agent.did, exc)
-            ack.finish("rejected:unavailable")
-            return
-        if changed and encoded is not None:
-            activation.saved_state = encoded
-            activation.state_version += 1
-        ack.finish("delivered")
-
-    async def _save_state(self, activation: Activation) -> None:
-        try:
-            encoded = _encode_state(activation.state)
-        except AgentError:
-            self.stats.handler_errors += 1
-            log.error("agent %s: state is not CBOR-encodable; not saved", activation.agent.did)
-            return
-        if encoded == activation.saved_state:
-            return
-        activation.state_version = await self.store.save_state(
-            activation.agent.raw, encoded, activation.state_version, self.clock()
-        )
-        activation.saved_state = encoded
-
-    async def make_envelope(
-        self,
-        activation: Activation,
-        to: AgentId | str,
-        kind: str,
-        body: Any,
-        *,
-        reply_to: bytes | None = None,
-    ) -> Envelope:
-        """Sign an envelope as the activation's agent (opening its key on first use)."""
-        if activation.key is None:
-            row = await self.store.get_agent(activation.agent.raw)
-            if row is None or not row.secret:
-                raise AgentError(f"agent {activation.agent.did} has no key here")
-            activation.key = self.vault.open(row.secret)
-        try:
-            return Envelope.create(
-                activation.key,
-                to,
-                kind,
-                body,
-                now_ms=self.clock(),
-                ttl_ms=self.settings.envelope_ttl_ms,
-                reply_to=reply_to,
-            )
-        except (ValueError, LocalProtocolError) as exc:
-            raise AgentError(f"cannot build the message: {exc}") from exc
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -854,201 +612,6 @@ class Runtime:
         self._external.discard(agent.raw)
         self.stats.deleted += 1
         log.info("agent %s %s", agent.did, reason)
-
-    # -- migration (meshd.migration drives these) ---------------------------------------
-
-    async def begin_migration(self, agent: AgentId) -> State:
-        """Stop an agent for its move to another node; return the state to restore on failure.
-
-        Its running handler finishes and saves its state; what waited in its memory goes to
-        its persistent inbox, which migrates with it; messages arriving from now on are held
-        until `forget_migrated` (forwarded) or `abort_migration` (delivered here).
-        """
-        raw = agent.raw
-        previous = self._current(agent)
-        check_transition("migrate", previous)
-        self._index[raw] = State.MIGRATING
-        try:
-            activating = self._activating.get(raw)
-            if activating is not None:
-                await activating.wait()  # that activation marks it active: mark it again
-                if raw in self._index:
-                    self._index[raw] = State.MIGRATING
-            activation = self._active.get(raw)
-            if activation is not None:
-                pending = list(activation.inbox)
-                activation.inbox.clear()
-                await self._stop(activation)
-                for message, ack in pending:
-                    outcome = await self._queue(raw, message.envelope, ack is not None)
-                    if ack is not None:
-                        ack.finish(outcome)
-            if self._index.get(raw) is not State.MIGRATING:
-                # It declared itself done, and was deleted, while its last handler finished.
-                raise UnknownAgent(f"agent {agent.did} was deleted as it stopped to migrate")
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await self.abort_migration(agent, previous)
-            raise
-        return previous
-
-    def _hold(self, raw: bytes, envelope: Envelope, reliable: bool) -> str:
-        held = self._held.setdefault(raw, [])
-        if len(held) >= self.settings.inbox_limit:
-            self.stats.inbox_full += 1
-            return "rejected:rate_limited"
-        held.append((envelope, reliable))
-        self.stats.queued += 1
-        return "queued"
-
-    async def abort_migration(self, agent: AgentId, previous: State) -> None:
-        """The move failed: the agent stays, as it was, and gets the messages held meanwhile."""
-        raw = agent.raw
-        if self._index.get(raw) is not State.MIGRATING:
-            return
-        restored = State.SUSPENDED if previous is State.SUSPENDED else State.DORMANT
-        self._index[raw] = restored
-        for envelope, reliable in self._held.pop(raw, []):
-            await self._queue(raw, envelope, reliable)
-        if restored is State.DORMANT and raw not in self._external:
-            await self._flush_inbox(agent)
-        log.info("agent %s stays here (%s): its migration failed", agent.did, restored.value)
-
-    async def forget_migrated(self, agent: AgentId) -> list[tuple[Envelope, bool]]:
-        """The agent now lives on another node: drop it here WITHOUT a tombstone record.
-
-        The listener is not told (its `deleting` would publish `gone`). The local row becomes
-        a tombstone, which keeps the record sequence (for a later return) and the birth
-        certificate (for its children's provenance). Returns the messages held during the
-        move, for the caller to forward as (envelope, reliable).
-        """
-        raw = agent.raw
-        held = self._held.pop(raw, [])
-        await self.store.delete_agent(raw, self.clock())
-        self._index.pop(raw, None)
-        self._external.discard(raw)
-        self._moved[raw] = None
-        self._moved.move_to_end(raw)
-        while len(self._moved) > _MOVED_MAX:
-            self._moved.popitem(last=False)
-        log.info("agent %s migrated away", agent.did)
-        return held
-
-    def hosts_or_moved(self, agent: AgentId) -> bool:
-        """Whether messages for `agent` are answered here: hosted, or lately moved away."""
-        return agent.raw in self._index or agent.raw in self._moved
-
-    async def adopt(self, exported: AgentExport) -> None:
-        """Host an agent that migrated here: store it and its inbox, index it, deliver its inbox.
-
-        Raises `DuplicateAgent` (id hosted here, or name taken), `QuotaExceeded` or `StoreError`.
-        """
-        row = exported.row
-        raw = row.id
-        if raw in self._index:
-            raise DuplicateAgent("adopt", raw, "id already hosted here")
-        if len(self._index) >= self.settings.max_agents:
-            reason = f"node holds {len(self._index)} agents, its quota"
-            self.stats.quota_refusals["max_agents"] = (
-                self.stats.quota_refusals.get("max_agents", 0) + 1
-            )
-            raise QuotaExceeded("max_agents", reason)
-        await self.store.import_agent(exported, self.clock())
-        state = State.SUSPENDED if row.lifecycle == State.SUSPENDED.value else State.DORMANT
-        self._index[raw] = state
-        if row.kind == _EXTERNAL:
-            self._external.add(raw)
-        self._moved.pop(raw, None)
-        agent = AgentId(raw)
-        log.info("agent %s arrived (%s, %d waiting)", agent.did, state.value, len(exported.inbox))
-        if state is State.DORMANT and raw not in self._external and exported.inbox:
-            await self._flush_inbox(agent)
-
-    # -- sending on behalf of an agent (CLI, attached processes) -------------------------
-
-    async def operator(self) -> AgentId:
-        """This node's operator agent: what `meshd send` sends as when no --from is given."""
-        try:
-            agent = await self.find_by_name(OPERATOR_NAME)
-        except UnknownAgent:
-            infos = await self.spawn(_EXTERNAL, name=OPERATOR_NAME, budget=0)
-            agent = AgentId.from_did(infos[0]["id"])
-        self._operator = agent.raw
-        return agent
-
-    async def send_as(
-        self,
-        sender: AgentId,
-        to: AgentId | str,
-        body: Any,
-        *,
-        kind: str = "msg",
-        reliable: bool = False,
-        wait: bool = False,
-        timeout: float = 10.0,
-        reply_to: bytes | None = None,
-    ) -> dict[str, Any]:
-        """Sign and send a message as a hosted agent; with `wait`, also wait for its reply."""
-        key = await self.signing_key(sender)
-        try:
-            envelope = Envelope.create(
-                key,
-                to,
-                kind,
-                body,
-                now_ms=self.clock(),
-                ttl_ms=max(self.settings.envelope_ttl_ms, int(timeout * 1000)),
-                reply_to=reply_to,
-            )
-        except (ValueError, LocalProtocolError) as exc:
-            raise AgentError(f"cannot build the message: {exc}") from exc
-        result: dict[str, Any] = {"id": envelope.msg_id.hex(), "from": sender.did}
-        if isinstance(envelope.recipient, str):
-            await self.messenger.publish(envelope)
-            result["outcome"] = "published"
-            return result
-        with self.expect_reply(envelope) as slot:
-            report = await self.messenger.send(envelope, reliable=reliable)
-            result["outcome"] = report.outcome
-            if report.detail:
-                result["detail"] = report.detail
-            if wait and report.ok:
-                reply = None
-                with trio.move_on_after(timeout):
-                    reply = await slot.wait()
-                if reply is None:
-                    result["outcome"] = "timeout"
-                    result["detail"] = f"no reply within {timeout} s"
-                else:
-                    result["reply"] = {
-                        "from": reply.sender,
-                        "kind": reply.kind,
-                        "body": reply.body,
-                        "id": reply.msg_id.hex(),
-                    }
-        return result
-
-    # -- external agents ---------------------------------------------------------------
-
-    def is_external(self, agent: AgentId) -> bool:
-        """Whether the agent's behaviour runs in an attached process."""
-        return agent.raw in self._external
-
-    async def wait_inbox(self, agent: AgentId, timeout: float) -> None:
-        """Wait until something is queued for an external agent, or `timeout` s pass."""
-        event = self._inbox_waiters.setdefault(agent.raw, trio.Event())
-        with trio.move_on_after(timeout):
-            await event.wait()
-
-    async def signing_key(self, agent: AgentId) -> SigningKey:
-        """The key of a hosted agent, for an attached external process sending as it."""
-        if self._index.get(agent.raw) is State.MIGRATING:
-            # Nothing is signed as an agent on its way out: its new node signs from now on.
-            raise UnknownAgent(f"agent {agent.did} is migrating away from this node")
-        row = await self.store.get_agent(agent.raw)
-        if row is None or not row.secret or row.lifecycle == State.GONE.value:
-            raise UnknownAgent(f"no agent {agent.did} on this node")
-        return self.vault.open(row.secret)
 
     # -- sweeping ----------------------------------------------------------------------
 
