@@ -22,7 +22,6 @@ import click
 
 from meshd.api.client import ApiClient, ApiError
 from meshd.cli_client import (
-    ApiFailedError,
     CliError,
     api_client,
     api_options,
@@ -30,6 +29,7 @@ from meshd.cli_client import (
     emit,
     format_fields,
     format_table,
+    refused,
 )
 
 __all__ = ["SPAWN_CHUNK", "agent_group", "send_command"]
@@ -61,12 +61,6 @@ def _parse_json(text: str, what: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"not valid JSON: {exc}", param_hint=what) from exc
-
-
-def _refused(exc: ApiError, prefix: str) -> ApiFailedError:
-    if exc.status:
-        return ApiFailedError(f"{prefix}: {exc.message} (HTTP {exc.status} {exc.code})")
-    return ApiFailedError(f"{prefix}: {exc.message}")
 
 
 @click.group("agent")
@@ -103,7 +97,7 @@ def _spawn_chunk(client: ApiClient, body: dict[str, Any], done: int, total: int)
             prefix = f"spawn {body['kind']}"
             if done:
                 prefix += f": {done} of {total} agents were spawned, then the daemon refused"
-            raise _refused(exc, prefix) from exc
+            raise refused(exc, prefix) from exc
 
 
 def _format_spawn(result: dict[str, Any], infos: list[dict[str, Any]]) -> str:
@@ -216,7 +210,7 @@ def list_command(
         try:
             data = client.get("/v1/agents", params=params)
         except ApiError as exc:
-            raise _refused(exc, "agent list") from exc
+            raise refused(exc, "agent list") from exc
     emit(data, as_json, _format_list)
 
 
@@ -254,7 +248,7 @@ def show_command(agent: str, data_dir: Path | None, as_json: bool) -> None:
         try:
             info = client.get(path)
         except ApiError as exc:
-            raise _refused(exc, f"agent {agent}") from exc
+            raise refused(exc, f"agent {agent}") from exc
     emit(info, as_json, _format_agent)
 
 
@@ -277,7 +271,7 @@ def _lifecycle_command(action: str, past: str, doc: str) -> click.Command:
             try:
                 result = client.post(path)
             except ApiError as exc:
-                raise _refused(exc, f"cannot {action} agent {agent}") from exc
+                raise refused(exc, f"cannot {action} agent {agent}") from exc
         emit(result, as_json, format_result)
 
     return command
@@ -321,7 +315,7 @@ def migrate_command(agent: str, to_peer: str, data_dir: Path | None, as_json: bo
         try:
             result = client.post(path, {"to": to_peer})
         except ApiError as exc:
-            raise _refused(exc, f"cannot migrate agent {agent}") from exc
+            raise refused(exc, f"cannot migrate agent {agent}") from exc
     emit(result, as_json, _format_migrate)
 
 
@@ -379,7 +373,7 @@ def attach_command(
                 try:
                     messages = client.get(inbox, params={"wait": wait, "limit": limit})
                 except ApiError as exc:
-                    raise _refused(exc, f"cannot attach to agent {agent}") from exc
+                    raise refused(exc, f"cannot attach to agent {agent}") from exc
                 for message in messages:
                     click.echo(json.dumps(message, ensure_ascii=False))
                 sys.stdout.flush()  # before the ack: an acked message must have been written
@@ -387,7 +381,7 @@ def attach_command(
                     try:
                         client.post(f"{inbox}/ack", {"seq": messages[-1]["seq"]})
                     except ApiError as exc:
-                        raise _refused(exc, f"cannot ack the inbox of agent {agent}") from exc
+                        raise refused(exc, f"cannot ack the inbox of agent {agent}") from exc
                 if once:
                     return
         except KeyboardInterrupt:
@@ -461,7 +455,7 @@ def send_command(
         try:
             result = client.post("/v1/send", request)
         except ApiError as exc:
-            raise _refused(exc, f"send to {to}") from exc
+            raise refused(exc, f"send to {to}") from exc
     emit(result, as_json, _format_send)
     if result.get("outcome") not in _DELIVERED:
         detail = f" ({result['detail']})" if result.get("detail") else ""

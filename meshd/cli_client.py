@@ -41,6 +41,7 @@ __all__ = [
     "id_command",
     "json_option",
     "peers_command",
+    "refused",
     "status_command",
 ]
 
@@ -269,3 +270,10 @@ def peers_command(data_dir: Path | None, as_json: bool) -> None:
 def status_command(data_dir: Path | None, as_json: bool) -> None:
     """Show the node's uptime and counters."""
     emit(api_get(data_dir, "/v1/status"), as_json, _format_status)
+
+
+def refused(exc: ApiError, prefix: str) -> ApiFailedError:
+    """The CLI error for an API refusal: `prefix`, the daemon's reason and its HTTP status."""
+    if exc.status:
+        return ApiFailedError(f"{prefix}: {exc.message} (HTTP {exc.status} {exc.code})")
+    return ApiFailedError(f"{prefix}: {exc.message}")

@@ -23,12 +23,12 @@ import click
 
 from meshd.api.client import ApiClient, ApiError
 from meshd.cli_client import (
-    ApiFailedError,
     CliError,
     api_client,
     api_options,
     data_dir_option,
     emit,
+    refused,
 )
 
 __all__ = ["pubsub_group"]
@@ -38,12 +38,6 @@ _INBOX_LIMIT = 100
 
 class _Stop(Exception):
     """SIGTERM arrived: stop like Ctrl-C, cleaning up."""
-
-
-def _refused(exc: ApiError, prefix: str) -> ApiFailedError:
-    if exc.status:
-        return ApiFailedError(f"{prefix}: {exc.message} (HTTP {exc.status} {exc.code})")
-    return ApiFailedError(f"{prefix}: {exc.message}")
 
 
 @click.group("pubsub")
@@ -81,7 +75,7 @@ def publish_command(
         try:
             result = client.post("/v1/send", request)
         except ApiError as exc:
-            raise _refused(exc, f"publish on {topic!r}") from exc
+            raise refused(exc, f"publish on {topic!r}") from exc
     emit(
         result,
         as_json,
@@ -157,13 +151,13 @@ def subscribe_command(
         try:
             spawned = client.post("/v1/agents", {"kind": "external"})
         except ApiError as exc:
-            raise _refused(exc, "cannot spawn a subscriber agent") from exc
+            raise refused(exc, "cannot spawn a subscriber agent") from exc
         agent = spawned["agents"][0]["id"]
         try:
             try:
                 client.post(f"/v1/agents/{agent}/subscribe", {"topic": topic})
             except ApiError as exc:
-                raise _refused(exc, f"cannot subscribe to {topic!r}") from exc
+                raise refused(exc, f"cannot subscribe to {topic!r}") from exc
             click.echo(f"subscribed to {topic!r} as {agent}", err=True)
             _print_messages(client, agent, topic, count, once, wait)
         except (KeyboardInterrupt, _Stop):
@@ -188,7 +182,7 @@ def _print_messages(
         try:
             messages = client.get(inbox, params={"wait": wait, "limit": limit})
         except ApiError as exc:
-            raise _refused(exc, f"cannot read the messages of {topic!r}") from exc
+            raise refused(exc, f"cannot read the messages of {topic!r}") from exc
         for message in messages:
             # Anyone may send to the agent directly: only the topic's messages are shown.
             if message.get("topic") == topic:
@@ -199,6 +193,6 @@ def _print_messages(
             try:
                 client.post(f"{inbox}/ack", {"seq": messages[-1]["seq"]})
             except ApiError as exc:
-                raise _refused(exc, f"cannot ack the messages of {topic!r}") from exc
+                raise refused(exc, f"cannot ack the messages of {topic!r}") from exc
         if once:
             return

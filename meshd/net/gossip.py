@@ -65,7 +65,7 @@ log = logging.getLogger("meshd.net.gossip")
 
 TOPIC_PREFIX = "/meshd/topic/"
 _REJECT_LOG_INTERVAL_S = 60.0
-# GossipSub counts a forwarder's messages over a sliding second of time.time(); we pace on
+# GossipSub counts a forwarder's messages over a sliding second of the wall clock; we pace on
 # trio's clock, so keep a little margin for the two clocks' difference.
 _PACE_MARGIN_S = 0.05
 _MESH_SHOWN = 20  # topics listed with their peer counts in stats()
