@@ -209,7 +209,6 @@ def _run_locked(directory: Path, config: Config, seed: bytes) -> int:
 
 
 def _network_options(config: Config) -> dict[str, Any]:
-    from meshd.net.discovery import DiscoverySettings
     from meshd.net.host import HostLimits
 
     limits = HostLimits(
@@ -219,23 +218,12 @@ def _network_options(config: Config) -> dict[str, Any]:
         dial_timeout_s=config.connections.dial_timeout_s,
         auto_connect_interval_s=config.connections.auto_connect_interval_s,
     )
-    discovery = DiscoverySettings(
-        join_jitter_s=config.dht.join_jitter_s,
-        fast_walk_s=config.dht.fast_walk_s,
-        small_table=config.dht.small_table,
-        small_table_walk_s=config.dht.small_table_walk_s,
-        walk_interval_s=config.dht.walk_interval_s,
-        lookup_timeout_s=config.dht.lookup_timeout_s,
-        low_watermark=config.connections.low_watermark,
-        dial_timeout_s=config.connections.dial_timeout_s,
-        max_parallel_dials=config.dht.max_parallel_dials,
-    )
     return {
         "listen": config.listen,
         "bootstrap": config.bootstrap,
         "mdns": config.mdns,
         "limits": limits,
-        "discovery": discovery,
+        "discovery": config.dht,
     }
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from meshd.net.addrs import BootstrapAddr, parse_bootstrap_addr, parse_listen_addr
+from meshd.net.settings import DiscoverySettings
 from meshd.paths import CONFIG_FILE
 from meshd.runtime.settings import RuntimeSettings
 
@@ -32,7 +33,6 @@ __all__ = [
     "Config",
     "ConfigError",
     "ConnectionSettings",
-    "DhtSettings",
     "env_name",
     "load_config",
     "render_config_template",
@@ -59,19 +59,6 @@ class ConnectionSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class DhtSettings:
-    """Joining and refreshing the Kademlia DHT (see `dht.*` keys)."""
-
-    join_jitter_s: float = 1.0
-    fast_walk_s: float = 1.0
-    small_table: int = 8
-    small_table_walk_s: float = 10.0
-    walk_interval_s: float = 120.0
-    lookup_timeout_s: float = 10.0
-    max_parallel_dials: int = 4
-
-
-@dataclass(frozen=True, slots=True)
 class Config:
     """Everything `meshd run` needs to know, checked and typed."""
 
@@ -82,7 +69,8 @@ class Config:
     log_format: str = "text"
     api_tcp: str | None = None
     connections: ConnectionSettings = ConnectionSettings()
-    dht: DhtSettings = DhtSettings()
+    # The dht.* keys, plus the two connection limits discovery also obeys.
+    dht: DiscoverySettings = field(default_factory=DiscoverySettings)
     agents: RuntimeSettings = field(default_factory=RuntimeSettings)
 
 
@@ -407,7 +395,9 @@ def _build(values: Mapping[str, Any]) -> Config:
         log_format=values["log.format"],
         api_tcp=values["api.tcp"],
         connections=connections,
-        dht=DhtSettings(
+        dht=DiscoverySettings(
+            low_watermark=connections.low_watermark,
+            dial_timeout_s=connections.dial_timeout_s,
             join_jitter_s=values["dht.join_jitter_s"],
             fast_walk_s=values["dht.fast_walk_s"],
             small_table=values["dht.small_table"],

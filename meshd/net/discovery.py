@@ -24,7 +24,6 @@ import os
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -34,6 +33,7 @@ from multiaddr import Multiaddr
 
 from meshd.net.addrs import BootstrapAddr
 from meshd.net.kad import KAD_PROTOCOL_ID
+from meshd.net.settings import DiscoverySettings
 from meshd.net.types import BootstrapDone, NetEvent, RoutingTableChanged
 
 if TYPE_CHECKING:
@@ -53,23 +53,6 @@ _IDENTIFY_POLL_S = 0.05
 _MAX_ADMITTING = 16
 _TABLE_POLL_S = 0.5
 _MAX_DIAL_BACKOFF_S = 300.0
-
-
-@dataclass(frozen=True, slots=True)
-class DiscoverySettings:
-    """Timing and sizes of discovery (see `meshd.config` for their meaning and defaults)."""
-
-    join_jitter_s: float = 1.0
-    fast_walk_s: float = 1.0
-    small_table: int = 8
-    small_table_walk_s: float = 10.0
-    walk_interval_s: float = 120.0
-    lookup_timeout_s: float = 10.0
-    low_watermark: int = 8
-    dial_timeout_s: float = 5.0
-    max_parallel_dials: int = 4
-    bootstrap_retry_s: float = 2.0
-    bootstrap_retry_max_s: float = 15.0
 
 
 def _short(error: BaseException) -> str:
