@@ -132,8 +132,20 @@ _SCALARS = frozenset({int, float, bool, type(None)})
 _STRINGS = frozenset({str, bytes})
 
 
-def check_plain(obj: Any, limits: DecodeLimits = DEFAULT_LIMITS) -> None:
-    """Refuse anything but plain CBOR data (no tags, no simple values, no odd keys), bounded."""
+_LEAVES = _SCALARS | _STRINGS
+_KEY_TYPES = frozenset({int, str})
+
+
+def check_plain(obj: Any, limits: DecodeLimits = DEFAULT_LIMITS, size: int | None = None) -> None:
+    """Refuse anything but plain CBOR data (no tags, no simple values, no odd keys), bounded.
+
+    `size` is the length of the encoding `obj` was decoded from, when known.
+    """
+    if size is not None and size <= limits.max_str and size <= limits.max_items:
+        # No string and no container decoded from `size` bytes can exceed these limits, and
+        # the decoder already bounded the depth: only the types are left to check.
+        _check_plain_types(obj)
+        return
     max_str, max_items, max_depth = limits.max_str, limits.max_items, limits.max_depth
     # An explicit stack, scalars checked inline and containers only pushed: this runs on every
     # received message, whose bodies are mostly one flat map.
@@ -183,6 +195,27 @@ def check_plain(obj: Any, limits: DecodeLimits = DEFAULT_LIMITS) -> None:
         item, depth = stack.pop()
 
 
+def _check_plain_types(obj: Any) -> None:
+    # Whole containers are type-checked by C-level set operations; only nested containers
+    # are visited one by one. Message bodies are mostly one flat map of text and numbers.
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is dict:
+            if not _KEY_TYPES.issuperset(map(type, item)):
+                raise RemoteProtocolError(RejectReason.MALFORMED, "map keys must be text or int")
+            values: Any = item.values()
+        elif kind is list:
+            values = item
+        elif kind in _LEAVES:
+            continue
+        else:
+            raise RemoteProtocolError(RejectReason.MALFORMED, f"CBOR item of type {kind.__name__}")
+        if not _LEAVES.issuperset(map(type, values)):
+            stack.extend(value for value in values if type(value) not in _LEAVES)
+
+
 def dumps_canonical(obj: Any) -> bytes:
     """Encode deterministically (sorted keys, shortest forms, definite lengths)."""
     try:
@@ -224,23 +257,34 @@ def decode_signed_map(
             RejectReason.MALFORMED, "signature must be the first entry of a small map"
         )
     keys = tuple(obj)
-    # Types first: bool and float keys compare equal to ints, and mixed types do not sort.
-    if not _INT_ONLY.issuperset(map(type, keys)):
-        raise RemoteProtocolError(RejectReason.MALFORMED, "map keys must be unsigned integers")
     if layouts is not None:
-        if keys not in layouts:  # one lookup checks order, presence and absence at once
-            shortest: tuple[int, ...] = min(layouts, key=len)
-            missing = sorted(set(shortest) - set(keys))
-            extra = sorted(set(keys) - set().union(*layouts))
-            order = "" if keys == tuple(sorted(keys)) else ", keys out of order"
-            raise RemoteProtocolError(
-                RejectReason.MALFORMED,
-                f"missing fields {missing}, unknown fields {extra}{order}",
-            )
-    elif keys != tuple(sorted(keys)):
-        raise RemoteProtocolError(RejectReason.MALFORMED, "map keys must be in ascending order")
+        # One lookup checks order, presence and absence at once; but bool and float keys
+        # compare equal to ints, so the types are checked after it. Of a matching layout
+        # (0, 1, ...) only key 1 can be a bool (True; False would duplicate key 0, which
+        # the decoder refuses), and any float makes the sum a float.
+        if keys not in layouts or type(keys[1]) is not int or type(sum(keys)) is not int:
+            _refuse_keys(keys, layouts)
+    elif not _INT_ONLY.issuperset(map(type, keys)) or keys != tuple(sorted(keys)):
+        _refuse_keys(keys, None)
     signature = obj.pop(0)
     if type(signature) is not bytes or len(signature) != SIGNATURE_LEN:  # pragma: no cover
         raise RemoteProtocolError(RejectReason.MALFORMED, "signature must be 64 bytes")
     signed = domain + _SHORTER_HEADER[header] + data[4 + SIGNATURE_LEN :]
     return obj, signed, signature
+
+
+def _refuse_keys(keys: tuple[Any, ...], layouts: frozenset[tuple[int, ...]] | None) -> None:
+    """Raise the malformed error that says what is wrong with a signed map's keys."""
+    # Types first: bool and float keys compare equal to ints, and mixed types do not sort.
+    if not _INT_ONLY.issuperset(map(type, keys)):
+        raise RemoteProtocolError(RejectReason.MALFORMED, "map keys must be unsigned integers")
+    order = "" if keys == tuple(sorted(keys)) else "keys out of order"
+    if layouts is None:
+        raise RemoteProtocolError(RejectReason.MALFORMED, f"map {order}")
+    shortest: tuple[int, ...] = min(layouts, key=len)
+    missing = sorted(set(shortest) - set(keys))
+    extra = sorted(set(keys) - set().union(*layouts))
+    raise RemoteProtocolError(
+        RejectReason.MALFORMED,
+        f"missing fields {missing}, unknown fields {extra}{', ' + order if order else ''}",
+    )

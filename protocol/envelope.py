@@ -22,6 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from nacl.bindings import crypto_sign_open
+from nacl.exceptions import BadSignatureError, CryptoError
+
 from protocol.cbor import DEFAULT_LIMITS, DecodeLimits, check_plain, decode_signed_map
 from protocol.cbor import encode_signed_map as _encode_signed_map
 from protocol.errors import LocalProtocolError, RejectReason, RemoteProtocolError
@@ -135,7 +138,7 @@ class Envelope(NamedTuple):
         if trace is not None:
             fields[_K_TRACE] = trace
         try:
-            _check_fields(fields, DEFAULT_LIMITS)
+            _check_fields(fields, DEFAULT_LIMITS, None)
         except RemoteProtocolError as exc:
             raise LocalProtocolError(f"invalid envelope: {exc}") from exc
         frame = _encode_signed_map(ENVELOPE_DOMAIN, fields, key)
@@ -162,7 +165,7 @@ class Envelope(NamedTuple):
             if type(version) is not int:
                 raise RemoteProtocolError(RejectReason.MALFORMED, "version must be an integer")
             raise RemoteProtocolError(RejectReason.UNKNOWN_VERSION, f"envelope version {version}")
-        _check_fields(fields, limits)
+        _check_fields(fields, limits, len(frame))
         to = fields[_K_TO]
         # tuple.__new__ with positions: this runs once per received message, and the
         # NamedTuple's keyword-handling constructor costs measurably more.
@@ -179,7 +182,7 @@ class Envelope(NamedTuple):
                 fields.get(_K_REPLY_TO),
                 fields.get(_K_TRACE),
                 signature,
-                bytes(frame),
+                frame if type(frame) is bytes else bytes(frame),
                 signed,
             ),
         )
@@ -247,7 +250,7 @@ def _version_of(frame: bytes, limits: DecodeLimits) -> int | None:
     return version if type(version) is int else None
 
 
-def _check_fields(fields: dict[int, Any], limits: DecodeLimits) -> None:
+def _check_fields(fields: dict[int, Any], limits: DecodeLimits, size: int | None) -> None:
     # Straight-line checks with few lookups: this runs once per received message. Which
     # keys are present was settled by decode_signed_map's layouts (or Envelope.create).
     sender = fields[_K_FROM]
@@ -283,7 +286,7 @@ def _check_fields(fields: dict[int, Any], limits: DecodeLimits) -> None:
             raise RemoteProtocolError(RejectReason.MALFORMED, "trace must be 8 bytes")
     body = fields[_K_BODY]
     if type(body) not in _FLAT:  # flat bodies are common and need no walk
-        check_plain(body, limits)
+        check_plain(body, limits, size)
 
 
 def open_envelope(
@@ -305,8 +308,11 @@ def open_envelope(
         envelope.check_time(now_ms, policy)
     if hosted is not None:
         envelope.check_recipient(hosted)
-    if not verify_signature(envelope.sender.raw, envelope.signed_bytes, envelope.signature):
-        raise RemoteProtocolError(RejectReason.BAD_SIGNATURE, "envelope signature")
+    # verify_signature inlined: decode already fixed the key and signature lengths.
+    try:
+        crypto_sign_open(envelope.signature + envelope.signed_bytes, envelope.sender.raw)
+    except (BadSignatureError, CryptoError, ValueError, TypeError):
+        raise RemoteProtocolError(RejectReason.BAD_SIGNATURE, "envelope signature") from None
     if replay is not None:
         # Only verified envelopes enter the window, so forged ids cannot fill it.
         replay.check(envelope.sender.raw, envelope.msg_id, expires, now_ms)

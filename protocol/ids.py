@@ -37,6 +37,7 @@ _ED25519_PUB_MULTICODEC = b"\xed\x01"
 # identity multihash (0x00), length 36, protobuf PublicKey{Type=Ed25519(1), Data=<32 bytes>}
 _PEER_ID_ED25519_PREFIX = b"\x00\x24\x08\x01\x12\x20"
 _MAX_PEER_ID_TEXT = 128
+_MAX_INTERNED = 4096
 
 
 def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> bool:
@@ -70,8 +71,15 @@ class AgentId:
     @classmethod
     def _checked(cls, raw: bytes) -> AgentId:
         """Wrap 32 bytes the caller has already checked (the decoders' fast path)."""
-        agent = object.__new__(cls)
-        object.__setattr__(agent, "raw", raw)
+        # Agents talk to the same few peers over and over: reusing their id objects saves
+        # an allocation per received message. Bounded: cleared whole when full.
+        agent = _INTERNED.get(raw)
+        if agent is None:
+            if len(_INTERNED) >= _MAX_INTERNED:
+                _INTERNED.clear()
+            agent = object.__new__(cls)
+            object.__setattr__(agent, "raw", raw)
+            _INTERNED[raw] = agent
         return agent
 
     @classmethod
@@ -105,6 +113,9 @@ class AgentId:
 
     def __str__(self) -> str:
         return self.did
+
+
+_INTERNED: dict[bytes, AgentId] = {}
 
 
 @dataclass(frozen=True, slots=True)
