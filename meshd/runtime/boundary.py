@@ -190,8 +190,12 @@ class BoundaryMixin(IntakeMixin):
         try:
             agent = await self.find_by_name(OPERATOR_NAME)
         except UnknownAgent:
-            infos = await self.spawn(_EXTERNAL, name=OPERATOR_NAME, budget=0)
-            agent = AgentId.from_did(infos[0]["id"])
+            try:
+                infos = await self.spawn(_EXTERNAL, name=OPERATOR_NAME, budget=0)
+                agent = AgentId.from_did(infos[0]["id"])
+            except DuplicateAgent:
+                # Concurrent first sends both found no operator; the other one created it.
+                agent = await self.find_by_name(OPERATOR_NAME)
         self._operator = agent.raw
         return agent
 

@@ -270,6 +270,21 @@ async def test_send_as_the_operator_and_wait_for_the_reply(tmp_path: Path) -> No
         assert gone["outcome"] == "not_here"
 
 
+async def test_concurrent_first_sends_share_one_operator(tmp_path: Path) -> None:
+    # Many API requests arriving at once on a fresh node all ask for the operator first.
+    async with running(tmp_path) as rt:
+        found: list[AgentId] = []
+
+        async def ask() -> None:
+            found.append(await rt.operator())
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(8):
+                nursery.start_soon(ask)
+        assert len(set(found)) == 1
+        assert (await rt.find_by_name("operator")) == found[0]
+
+
 async def test_at_least_once_is_handled_once_and_answered_after_commit(tmp_path: Path) -> None:
     async with running(tmp_path) as rt:
         (counter,) = await rt.spawn("counter")
