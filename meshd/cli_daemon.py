@@ -234,6 +234,7 @@ async def _run_node(
 
     from meshd.api.server import ApiServerError, serve_api
     from meshd.delivery import Delivery
+    from meshd.metrics import NodeMetrics
     from meshd.migration import Migrator
     from meshd.net.types import NetworkError
     from meshd.node import Node
@@ -241,6 +242,7 @@ async def _run_node(
     from meshd.router import Router
     from meshd.runtime.runtime import Runtime
     from meshd.store import Store, StoreError
+    from meshd.telemetry import Telemetry
     from protocol.ids import SigningKey
 
     api = partial(serve_api, data_dir=directory, tcp=config.api_tcp)
@@ -256,6 +258,11 @@ async def _run_node(
             publisher = Publisher(runtime, network.dht_put, network.listen_addrs)
             runtime.listener = publisher
             migrator = Migrator(runtime, network, publisher, router=router)
+            telemetry = Telemetry(SigningKey(seed), network, runtime, delivery, config.telemetry)
+            # The collector reads node.status() at scrape time; two hooks feed histograms.
+            metrics = NodeMetrics(lambda: node.status())
+            router.observe_lookup = metrics.dht_lookup.observe
+            delivery.observe_latency = metrics.delivery_latency.observe
             node = Node(
                 network,
                 api=api,
@@ -263,6 +270,8 @@ async def _run_node(
                 delivery=delivery,
                 publisher=publisher,
                 migrator=migrator,
+                metrics=metrics,
+                telemetry=telemetry,
                 log_counters=counters,
             )
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

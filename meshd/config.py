@@ -27,6 +27,7 @@ from meshd.net.addrs import BootstrapAddr, parse_bootstrap_addr, parse_listen_ad
 from meshd.net.settings import DiscoverySettings
 from meshd.paths import CONFIG_FILE
 from meshd.runtime.settings import RuntimeSettings
+from meshd.telemetry_settings import TelemetrySettings
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -72,6 +73,7 @@ class Config:
     # The dht.* keys, plus the two connection limits discovery also obeys.
     dht: DiscoverySettings = field(default_factory=DiscoverySettings)
     agents: RuntimeSettings = field(default_factory=RuntimeSettings)
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
 
 
 class _ItemError(ValueError):
@@ -288,6 +290,32 @@ _KEYS: tuple[_Key, ...] = (
         _int(1, 1_000_000),
         "Messages queued in memory per active agent before senders get rate_limited.",
     ),
+    _Key(
+        "telemetry.interval_s",
+        5.0,
+        _float(0.1, 3600.0),
+        "Seconds between telemetry exchanges with neighbours (mesh-wide estimates).",
+    ),
+    _Key("telemetry.fanout", 8, _int(1, 256), "Neighbours each telemetry round talks to."),
+    _Key(
+        "telemetry.epoch_s",
+        600.0,
+        _float(1.0, 86_400.0),
+        "Sketch epoch: agents and nodes gone for two epochs leave the mesh estimates.",
+    ),
+    _Key(
+        "telemetry.node_ttl_s",
+        120.0,
+        _float(1.0, 86_400.0),
+        "A node silent this long leaves the mesh-wide counter sums.",
+    ),
+    _Key("telemetry.max_nodes", 256, _int(1, 512), "Most nodes in the counter table."),
+    _Key(
+        "telemetry.anomaly_factor",
+        5.0,
+        _float(1.5, 1e6),
+        "Flag a node whose message, reject or spawn rate is this many times the mesh mean.",
+    ),
 )
 _BY_NAME = {key.name: key for key in _KEYS}
 
@@ -414,6 +442,14 @@ def _build(values: Mapping[str, Any]) -> Config:
             spawn_burst=values["agents.spawn_burst"],
             default_budget=values["agents.default_budget"],
             inbox_limit=values["agents.inbox_limit"],
+        ),
+        telemetry=TelemetrySettings(
+            interval_s=values["telemetry.interval_s"],
+            fanout=values["telemetry.fanout"],
+            epoch_s=values["telemetry.epoch_s"],
+            node_ttl_s=values["telemetry.node_ttl_s"],
+            max_nodes=values["telemetry.max_nodes"],
+            anomaly_factor=values["telemetry.anomaly_factor"],
         ),
     )
 

@@ -28,7 +28,7 @@ import logging
 import math
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -139,6 +139,8 @@ class Delivery:
         self.outbox_counts: Counter[str] = Counter()  # at-least-once: retried, settled, expired
         self._outbox_wakeup = trio.Event()
         self._reject_logged: dict[str, float] = {}
+        # Called with each remote send's time to its ACK in seconds (the metrics histogram).
+        self.observe_latency: Callable[[float], object] = lambda seconds: None
 
     # -- Messenger ------------------------------------------------------------------------
 
@@ -258,10 +260,13 @@ class Delivery:
     ) -> DeliveryReport:
         mode = Mode.AT_LEAST_ONCE if reliable else Mode.AT_MOST_ONCE
         result = None
+        started = trio.current_time()
         with trio.move_on_after(self._settings.send_timeout_s):
             result = await self._network.send_message(
                 route.peer_id, route.addrs, envelope.frame, mode=mode
             )
+        if result is not None:
+            self.observe_latency(trio.current_time() - started)
         if result is None:
             self.sent[TIMEOUT] += 1
             detail = f"no answer from {route.peer_id} within {self._settings.send_timeout_s:g} s"

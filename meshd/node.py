@@ -36,8 +36,10 @@ if TYPE_CHECKING:
     from trio_typing import TaskStatus
 
     from meshd.delivery import Delivery
+    from meshd.metrics import NodeMetrics
     from meshd.migration import Migrator
     from meshd.publisher import Publisher
+    from meshd.telemetry import Telemetry
 
 __all__ = ["ApiRunner", "Node"]
 
@@ -61,6 +63,8 @@ class Node:
         delivery: Delivery | None = None,
         publisher: Publisher | None = None,
         migrator: Migrator | None = None,
+        metrics: NodeMetrics | None = None,
+        telemetry: Telemetry | None = None,
         version: str = __version__,
         log_counters: LogCounters | None = None,
     ) -> None:
@@ -70,6 +74,8 @@ class Node:
         self._delivery = delivery
         self._publisher = publisher
         self._migrator = migrator
+        self._metrics = metrics
+        self._telemetry = telemetry
         self._version = version
         self._log_counters = log_counters
         self._started_at: float | None = None
@@ -137,7 +143,17 @@ class Node:
             status["migration"] = self._migrator.stats()
         if self._log_counters is not None:
             status["libp2p_log"] = dict(self._log_counters.libp2p)
+        if self._metrics is not None:
+            status["loop"] = self._metrics.status()
+        if self._telemetry is not None:
+            status["telemetry"] = self._telemetry.status()
         return status
+
+    def metrics_text(self) -> bytes:
+        """The Prometheus text exposition of this node's metrics (`/metrics`)."""
+        if self._metrics is None:
+            raise RuntimeError("this node exports no metrics")
+        return self._metrics.render()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -165,6 +181,11 @@ class Node:
             if self._migrator is not None:
                 # Last: an arriving agent needs the runtime, delivery and publisher running.
                 await nursery.start(self._migrator.serve)
+            if self._metrics is not None:
+                depth = self._runtime.store.outbox_depth if self._runtime is not None else None
+                await nursery.start(self._metrics.serve, depth)
+            if self._telemetry is not None:
+                await nursery.start(self._telemetry.serve)
             if self._api is not None:
                 await nursery.start(self._api, self)
             task_status.started()

@@ -68,6 +68,8 @@ class Router:
         self.paths: Counter[str] = Counter()
         self.dht_lookups = 0
         self.dht_failures = 0
+        # Called with each DHT lookup's duration in seconds (the metrics histogram).
+        self.observe_lookup: Callable[[float], object] = lambda seconds: None
 
     def learn(self, agent: AgentId, peer_id: str, addrs: tuple[str, ...] = ()) -> None:
         """Remember where an agent lives (from a record, a reply, or a summary hit)."""
@@ -117,8 +119,10 @@ class Router:
     async def _lookup(self, agent: AgentId) -> AgentRecord | None:
         self.dht_lookups += 1
         value = None
+        started = trio.current_time()
         with trio.move_on_after(self._lookup_timeout_s):
             value = await self._dht_get(agent_record_key(agent))
+        self.observe_lookup(trio.current_time() - started)
         if value is None:
             self.dht_failures += 1
             return None

@@ -12,9 +12,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-__all__ = ["SCHEMAS", "OperationSpec", "QueryParam", "build_openapi"]
+__all__ = ["METRICS_CONTENT_TYPE", "SCHEMAS", "OperationSpec", "QueryParam", "build_openapi"]
 
 OPENAPI_VERSION = "3.1.0"
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Responses of these schemas are not JSON: they are served with this content type.
+_TEXT_SCHEMAS = {"PrometheusText": METRICS_CONTENT_TYPE}
 
 # Component schemas, referenced by name from the route table. JSON Schema 2020-12, which is
 # what OpenAPI 3.1 uses.
@@ -78,6 +81,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "additionalProperties": True,
     },
     "OpenApiDocument": {"type": "object", "description": "This document."},
+    "PrometheusText": {
+        "type": "string",
+        "description": "Prometheus text exposition format 0.0.4 (served as text/plain).",
+    },
 }
 
 _AGENT_ID = {"type": "string", "description": "An agent id, did:key:z..."}
@@ -425,11 +432,9 @@ def _operation(op: OperationSpec) -> dict[str, Any]:
         }
         for q in op.query
     ]
+    media = _TEXT_SCHEMAS.get(op.response, "application/json")
     responses: dict[str, Any] = {
-        "200": {
-            "description": "OK",
-            "content": {"application/json": {"schema": _ref(op.response)}},
-        }
+        "200": {"description": "OK", "content": {media: {"schema": _ref(op.response)}}}
     }
     errors = dict(_COMMON_ERRORS)
     errors.update({str(status): text for status, text in op.errors.items()})

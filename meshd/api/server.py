@@ -45,7 +45,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from meshd import __version__
 from meshd.api.agents import AGENT_ENDPOINTS
 from meshd.api.base import ApiProblem, Endpoint, Handler
-from meshd.api.openapi import build_openapi
+from meshd.api.openapi import METRICS_CONTENT_TYPE, build_openapi
 from meshd.paths import API_SOCKET, API_TOKEN
 
 if TYPE_CHECKING:
@@ -163,6 +163,18 @@ async def _get_openapi(view: NodeView, request: Request) -> Any:
     return request.app.state.openapi
 
 
+async def _get_metrics(view: NodeView, request: Request) -> Any:
+    render = getattr(view, "metrics_text", None)
+    try:
+        if render is None:
+            raise RuntimeError("this node exports no metrics")
+        text = render()
+    except RuntimeError as exc:
+        raise ApiProblem(503, "no_metrics", str(exc)) from exc
+    # Prometheus text, not JSON: the scrape format every Prometheus server reads.
+    return Response(text, media_type=METRICS_CONTENT_TYPE)
+
+
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/v1/health", "getHealth", "Liveness check.", "Health", _get_health),
     Endpoint("GET", "/v1/id", "getIdentity", "Peer id, addresses, version.", "Identity", _get_id),
@@ -170,6 +182,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/v1/status", "getStatus", "Uptime and counters.", "Status", _get_status),
     Endpoint(
         "GET", "/openapi.json", "getOpenApi", "This document.", "OpenApiDocument", _get_openapi
+    ),
+    Endpoint(
+        "GET", "/metrics", "getMetrics", "Prometheus metrics.", "PrometheusText", _get_metrics
     ),
     *AGENT_ENDPOINTS,
 )

@@ -230,10 +230,9 @@ class Runtime(BoundaryMixin):
     def counts(self) -> dict[str, int]:
         """How many agents are in each state."""
         counts = {state.value: 0 for state in State if state is not State.GONE}
+        # The index marks active agents ACTIVE itself (see _activate), so a tally is exact.
         for state in self._index.values():
             counts[state.value] += 1
-        counts[State.ACTIVE.value] = len(self._active)
-        counts[State.DORMANT.value] -= len(self._active)
         counts["total"] = len(self._index)
         return counts
 

@@ -107,6 +107,7 @@ def test_template_lists_every_key_at_its_default(tmp_path: Path) -> None:
         "connections": {},
         "dht": {},
         "agents": {},
+        "telemetry": {},
     }
     # Uncommenting every key gives a valid file equal to the defaults.
     uncommented = "\n".join(
