@@ -37,6 +37,8 @@ __all__ = [
     "emit",
     "format_duration",
     "format_fields",
+    "format_health",
+    "format_mesh",
     "format_table",
     "id_command",
     "json_option",
@@ -248,6 +250,83 @@ def _format_status(status: dict[str, Any]) -> str:
     return format_fields(fields)
 
 
+def _sum(values: Any) -> int:
+    return sum(v for v in values.values() if isinstance(v, int)) if isinstance(values, dict) else 0
+
+
+def _anomaly_lines(anomalies: list[dict[str, Any]]) -> list[str]:
+    return [
+        f"{'this node' if a.get('self') else a.get('node', '?')}: {a.get('metric')} "
+        f"{a.get('rate_per_s', 0):g}/s vs mesh mean {a.get('mesh_mean_per_s', 0):g}/s"
+        for a in anomalies
+    ]
+
+
+def format_health(status: dict[str, Any]) -> str:
+    """This node's health in a few lines: peers, agents, traffic, rejects, lag, anomalies."""
+    agents = status.get("agents", {})
+    delivery = status.get("delivery", {})
+    loop = status.get("loop", {})
+    telemetry = status.get("telemetry", {})
+    own = telemetry.get("self", {})
+    states = ", ".join(f"{v} {k}" for k, v in agents.items() if k != "total" and v)
+    rejected = delivery.get("rejected", {})
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(rejected.items())) or "none"
+    fields: list[tuple[str, Any]] = [
+        ("peer id", status.get("peer_id", "?")),
+        ("version", status.get("version", "?")),
+        ("uptime", format_duration(float(status.get("uptime_s", math.nan)))),
+        ("peers", f"{status.get('peers', '?')} (DHT table {status.get('dht_routing_table', '?')})"),
+        ("agents", f"{agents.get('total', 0)} ({states or 'none'})"),
+        (
+            "messages",
+            f"{_sum(delivery.get('received'))} in, {_sum(delivery.get('sent'))} out"
+            + (
+                f" ({own.get('msgs_in', 0):g}/s in, {own.get('msgs_out', 0):g}/s out)"
+                if own
+                else ""
+            ),
+        ),
+        ("rejected", reasons),
+    ]
+    if loop:
+        fields.append(
+            (
+                "event loop",
+                f"lag {1000 * float(loop.get('loop_lag_max_s') or 0):.1f} ms (worst of 5 s)",
+            )
+        )
+    anomalies = telemetry.get("anomalies", [])
+    if telemetry:
+        fields.append(("anomalies", _anomaly_lines(anomalies) or "none"))
+    return format_fields(fields)
+
+
+def format_mesh(telemetry: dict[str, Any]) -> str:
+    """Mesh-wide estimates from telemetry gossip, with their error bounds."""
+    mesh = telemetry.get("mesh", {})
+    low, high = (mesh.get("agents_bound") or [math.nan, math.nan])[:2]
+    agents_err = 100 * float(mesh.get("agents_error", math.nan))
+    nodes_err = 100 * float(mesh.get("nodes_error", math.nan))
+    fields: list[tuple[str, Any]] = [
+        (
+            "agents",
+            f"~{mesh.get('agents', 0):.0f} (std error {agents_err:.1f}%, 99.7% in "
+            f"{low:.0f}..{high:.0f}); {mesh.get('agents_reported', 0)} reported by "
+            f"{mesh.get('nodes_reporting', 0)} nodes",
+        ),
+        ("nodes", f"~{mesh.get('nodes', 0):.0f} (std error {nodes_err:.1f}%)"),
+        (
+            "messages",
+            f"{mesh.get('messages_per_s', 0):g}/s received, {mesh.get('sent_per_s', 0):g}/s sent",
+        ),
+        ("rejects", f"{mesh.get('rejects_per_s', 0):g}/s"),
+        ("spawns", f"{mesh.get('spawns_per_s', 0):g}/s"),
+        ("anomalies", _anomaly_lines(telemetry.get("anomalies", [])) or "none"),
+    ]
+    return format_fields(fields)
+
+
 # --- commands --------------------------------------------------------------------------------
 
 
@@ -266,10 +345,19 @@ def peers_command(data_dir: Path | None, as_json: bool) -> None:
 
 
 @click.command("status")
+@click.option("--mesh", is_flag=True, help="Estimates of the whole mesh (telemetry gossip).")
+@click.option("--all", "show_all", is_flag=True, help="Every counter, not only the summary.")
 @api_options
-def status_command(data_dir: Path | None, as_json: bool) -> None:
-    """Show the node's uptime and counters."""
-    emit(api_get(data_dir, "/v1/status"), as_json, _format_status)
+def status_command(data_dir: Path | None, as_json: bool, mesh: bool, show_all: bool) -> None:
+    """Show this node's health in a few lines (--mesh: the whole mesh; --all: every counter)."""
+    status = api_get(data_dir, "/v1/status")
+    if mesh:
+        telemetry = status.get("telemetry")
+        if telemetry is None:
+            raise CliError("this daemon gossips no telemetry: no mesh-wide figures")
+        emit(telemetry, as_json, format_mesh)
+    else:
+        emit(status, as_json, _format_status if show_all else format_health)
 
 
 def refused(exc: ApiError, prefix: str) -> ApiFailedError:
