@@ -399,6 +399,8 @@ def attach_command(
 
 def _format_send(result: dict[str, Any]) -> str:
     text = f"{result['outcome']}: message {result['id']} from {result['from']}"
+    if result.get("trace"):
+        text += f" (trace {result['trace']})"
     if result.get("detail"):
         text += f" ({result['detail']})"
     reply = result.get("reply")
@@ -423,6 +425,9 @@ def _format_send(result: dict[str, Any]) -> str:
     help="How long --wait waits.",
 )
 @click.option("--reliable", is_flag=True, help="At-least-once delivery.")
+@click.option(
+    "--trace", is_flag=True, help="Trace it: every node it touches logs it with one trace id."
+)
 @click.option("--reply-to", metavar="MSG_ID", help="Answer this message (its id, hex).")
 @api_options
 def send_command(
@@ -434,6 +439,7 @@ def send_command(
     timeout: float,
     reliable: bool,
     reply_to: str | None,
+    trace: bool,
     data_dir: Path | None,
     as_json: bool,
 ) -> None:
@@ -451,6 +457,8 @@ def send_command(
         request["wait"] = True
     if reliable:
         request["reliable"] = True
+    if trace:
+        request["trace"] = True
     with api_client(data_dir, timeout=timeout + 10.0) as client:
         try:
             result = client.post("/v1/send", request)

@@ -41,6 +41,7 @@ from meshd.router import Route, Router, no_dht
 from meshd.runtime.runtime import Runtime
 from meshd.runtime.sdk import DeliveryReport
 from meshd.store import OutboxMessage
+from meshd.tracing import trace_step
 from protocol.envelope import DEFAULT_POLICY, Envelope, EnvelopePolicy, open_envelope
 from protocol.errors import RemoteProtocolError
 from protocol.frames import AckEntry, Mode, Msg, is_outcome
@@ -240,6 +241,8 @@ class Delivery:
             if route.path == "local":
                 outcome = await self._runtime.deliver(envelope, reliable=reliable)
                 self.sent["local:" + outcome] += 1
+                if envelope.trace is not None:
+                    trace_step("deliver", envelope, path="local", outcome=outcome)
                 return DeliveryReport(envelope.msg_id, outcome)
             if route.path == "gone":
                 self.sent["gone"] += 1
@@ -272,6 +275,10 @@ class Delivery:
             detail = f"no answer from {route.peer_id} within {self._settings.send_timeout_s:g} s"
             return DeliveryReport(envelope.msg_id, TIMEOUT, detail)
         self.sent[result.outcome] += 1
+        if envelope.trace is not None:
+            trace_step(
+                "send", envelope, path=route.path, peer=route.peer_id, outcome=result.outcome
+            )
         return DeliveryReport(envelope.msg_id, result.outcome, result.detail)
 
     async def publish(self, envelope: Envelope) -> None:
@@ -394,7 +401,10 @@ class Delivery:
                     await self._reliable_slots.acquire()  # bounded: waits when many pend
                     nursery.start_soon(self._deliver_reliable, batch, msg.seq, result)
                     continue
-                entries.append(AckEntry(msg.seq, self._count(await runtime.deliver(result))))
+                outcome = self._count(await runtime.deliver(result))
+                if result.trace is not None:
+                    trace_step("receive", result, peer=batch.peer_id, outcome=outcome)
+                entries.append(AckEntry(msg.seq, outcome))
             if entries:
                 batch.ack(entries)
 
@@ -404,6 +414,8 @@ class Delivery:
         finally:
             self._reliable_slots.release()
         batch.ack([AckEntry(seq, self._count(outcome))])
+        if envelope.trace is not None:
+            trace_step("receive", envelope, peer=batch.peer_id, outcome=outcome, reliable=True)
 
     def _count(self, outcome: str) -> str:
         if not is_outcome(outcome):  # pragma: no cover - the runtime's set is fixed

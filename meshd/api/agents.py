@@ -61,6 +61,7 @@ from meshd.pubsub import Topics
 from meshd.runtime import AgentError, LifecycleError, QuotaExceeded, Runtime, State, UnknownAgent
 from meshd.runtime.kinds import KindError
 from meshd.store import AgentGone, AgentNotFound, DuplicateAgent, InboxFull
+from meshd.tracing import new_trace_id
 from protocol.envelope import MAX_TOPIC_LEN, MSG_ID_LEN, Envelope
 from protocol.errors import LocalProtocolError
 from protocol.errors import RemoteProtocolError as RemoteProtocolError
@@ -413,6 +414,7 @@ _SEND_FIELDS = (
     "timeout",
     "reliable",
     "reply_to",
+    "trace",
 )
 
 
@@ -449,7 +451,14 @@ async def _send(view: NodeView, request: Request) -> Any:
         if reply_to is not None:
             return await _send_reply(runtime, sender, to, kind, body, reply_to, reliable)
         result = await runtime.send_as(
-            sender, to, body, kind=kind, reliable=reliable, wait=wait, timeout=timeout
+            sender,
+            to,
+            body,
+            kind=kind,
+            reliable=reliable,
+            wait=wait,
+            timeout=timeout,
+            trace=new_trace_id() if fields.flag("trace") else None,
         )
     return jsonable(result)
 

@@ -306,6 +306,12 @@ _AGENT_SCHEMAS: dict[str, dict[str, Any]] = {
                 "description": "Seconds to wait for the reply.",
             },
             "reliable": {"type": "boolean", "default": False, "description": "At least once."},
+            "trace": {
+                "type": "boolean",
+                "default": False,
+                "description": "Give the message a random trace id: every node it touches "
+                "logs it (event trace); the answer has the id as 'trace' (16 hex digits).",
+            },
             "reply_to": {
                 "anyOf": [_MSG_ID, {"type": "null"}],
                 "description": "Answer this request (an external agent replying).",

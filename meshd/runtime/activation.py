@@ -128,8 +128,14 @@ class AgentContext:
 
     async def reply(self, msg: Message, body: Any, *, kind: str = "reply") -> DeliveryReport:
         """Answer `msg`."""
+        # A reply keeps the request's trace id, so the trace follows the answer back.
         envelope = await self._rt.make_envelope(
-            self._act, msg.envelope.sender, kind, body, reply_to=msg.msg_id
+            self._act,
+            msg.envelope.sender,
+            kind,
+            body,
+            reply_to=msg.msg_id,
+            trace=msg.envelope.trace,
         )
         return await self._rt.messenger.send(envelope, reliable=False)
 

@@ -210,6 +210,7 @@ class BoundaryMixin(IntakeMixin):
         wait: bool = False,
         timeout: float = 10.0,
         reply_to: bytes | None = None,
+        trace: bytes | None = None,
     ) -> dict[str, Any]:
         """Sign and send a message as a hosted agent; with `wait`, also wait for its reply."""
         key = await self.signing_key(sender)
@@ -222,10 +223,13 @@ class BoundaryMixin(IntakeMixin):
                 now_ms=self.clock(),
                 ttl_ms=max(self.settings.envelope_ttl_ms, int(timeout * 1000)),
                 reply_to=reply_to,
+                trace=trace,
             )
         except (ValueError, LocalProtocolError) as exc:
             raise AgentError(f"cannot build the message: {exc}") from exc
         result: dict[str, Any] = {"id": envelope.msg_id.hex(), "from": sender.did}
+        if trace is not None:
+            result["trace"] = trace.hex()
         if isinstance(envelope.recipient, str):
             await self.messenger.publish(envelope)
             result["outcome"] = "published"

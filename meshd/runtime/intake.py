@@ -301,6 +301,7 @@ class IntakeMixin:
         body: Any,
         *,
         reply_to: bytes | None = None,
+        trace: bytes | None = None,
     ) -> Envelope:
         """Sign an envelope as the activation's agent (opening its key on first use)."""
         if activation.key is None:
@@ -317,6 +318,7 @@ class IntakeMixin:
                 now_ms=self.clock(),
                 ttl_ms=self.settings.envelope_ttl_ms,
                 reply_to=reply_to,
+                trace=trace,
             )
         except (ValueError, LocalProtocolError) as exc:
             raise AgentError(f"cannot build the message: {exc}") from exc

@@ -310,12 +310,19 @@ async def test_cli_commands_print_readable_text(api: ApiAddresses, tmp_path: Pat
     assert row.split() == [OTHER_ID, "2m05s", "/ip4/127.0.0.1/tcp/4002", "(+1", "more)"]
     assert count == "1 connected peer"
 
-    status = await in_thread(invoke, "status", env=env)
+    status = await in_thread(invoke, "status", "--all", env=env)
     assert status.exit_code == 0, status.output
     lines = {line.split()[0]: line.split()[-1] for line in status.stdout.splitlines()}
     assert lines["uptime"] == "1h02m"
     assert lines["peers"] == "1"
     assert lines["messages.in"] == "7"
+    # Without --all: a few lines of health.
+    health = await in_thread(invoke, "status", env=env)
+    assert health.exit_code == 0, health.output
+    first = {line.split()[0]: line.split()[1] for line in health.stdout.splitlines()}
+    assert first["uptime"] == "1h02m"
+    assert first["peers"] == "1"
+    assert len(health.stdout.splitlines()) <= 10
 
 
 async def test_cli_peers_when_alone(nursery: trio.Nursery, tmp_path: Path) -> None:

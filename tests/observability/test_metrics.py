@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
 import httpx
@@ -33,9 +34,9 @@ def scrape(daemon: Daemon) -> dict[str, float]:
 
 def test_metrics_move_with_traffic(daemons: Daemons) -> None:
     a, b = daemons.init("a"), daemons.init("b")
-    a.start()
+    a.start("--log-format", "json")
     a.wait_ready()
-    b.start("--bootstrap", a.addrs[0])
+    b.start("--bootstrap", a.addrs[0], "--log-format", "json")
     b.wait_ready()
     daemons.wait_for(lambda: a.peer_ids() and b.peer_ids(), timeout=20, what="peers")
     spawned = b.post("/v1/agents", {"kind": "echo", "count": 3})
@@ -65,9 +66,10 @@ def test_metrics_move_with_traffic(daemons: Daemons) -> None:
     assert after_a["meshd_dht_lookup_duration_seconds_count{}"] == lookups
     routes = sum(v for k, v in after_a.items() if k.startswith("meshd_route_paths_total{"))
     assert routes >= 5
-    assert after_a["meshd_event_loop_lag_seconds_count{}"] > before[
-        "meshd_event_loop_lag_seconds_count{}"
-    ]
+    assert (
+        after_a["meshd_event_loop_lag_seconds_count{}"]
+        > before["meshd_event_loop_lag_seconds_count{}"]
+    )
     assert after_b["meshd_messages_received_total{outcome=delivered}"] >= 5
     assert after_b["meshd_messages_handled_total{}"] >= 5
     hosted = sum(v for k, v in after_b.items() if k.startswith("meshd_agents{state="))
@@ -78,3 +80,36 @@ def test_metrics_move_with_traffic(daemons: Daemons) -> None:
     # Each node exchanges telemetry with the other (interval 5 s by default: not waited for).
     assert "meshd_mesh_agents_estimate{}" in after_b
     assert b.get("/v1/status")["loop"]["loop_lag_s"] >= 0
+
+
+def trace_steps(daemon: Daemon, trace: str) -> list[str]:
+    """The steps of `trace` in the daemon's JSON log."""
+    steps = []
+    for line in daemon.log_text().splitlines():
+        if line.startswith("{"):
+            record = json.loads(line)
+            if record.get("event") == "trace" and record.get("trace") == trace:
+                steps.append(record["step"])
+    return steps
+
+
+def test_send_trace_is_logged_by_every_node(daemons: Daemons) -> None:
+    a, b = daemons.init("a"), daemons.init("b")
+    a.start("--log-format", "json")
+    a.wait_ready()
+    b.start("--bootstrap", a.addrs[0], "--log-format", "json")
+    b.wait_ready()
+    daemons.wait_for(lambda: a.peer_ids() and b.peer_ids(), timeout=20, what="peers")
+    target = b.post("/v1/agents", {"kind": "echo"})["agents"][0]["id"]
+    result = daemons.cli(
+        "send", target, '{"hi": 1}', "--wait", "--trace", "--json", "--data-dir", str(a.data_dir)
+    )
+    assert result.returncode == 0, result.stderr
+    trace = json.loads(result.stdout)["trace"]
+    assert len(trace) == 16
+    # a sends the request and receives the reply; b receives the request and sends the reply.
+    daemons.wait_for(lambda: len(trace_steps(a, trace)) >= 2, timeout=5, what="a's trace lines")
+    assert trace_steps(a, trace) == ["send", "receive"]
+    assert trace_steps(b, trace) == ["receive", "send"]
+    untraced = a.post("/v1/send", {"to": target, "body": 1, "wait": True})
+    assert "trace" not in untraced
