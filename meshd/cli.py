@@ -9,6 +9,7 @@ from meshd.cli_agent import agent_group, send_command
 from meshd.cli_client import id_command, peers_command, status_command
 from meshd.cli_daemon import init_command, run_command
 from meshd.cli_pubsub import pubsub_group
+from meshd.cli_top import top_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,6 +21,7 @@ def cli() -> None:
 cli.add_command(id_command)
 cli.add_command(peers_command)
 cli.add_command(status_command)
+cli.add_command(top_command)
 cli.add_command(init_command)
 cli.add_command(run_command)
 cli.add_command(agent_group)
