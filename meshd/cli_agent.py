@@ -229,6 +229,11 @@ def _format_agent(info: dict[str, Any]) -> str:
     ]
     if "inbox" in info:
         fields.append(("inbox", info["inbox"]))
+    acl = info.get("acl") or {}
+    if acl.get("allow"):
+        fields.append(("allow only", list(acl["allow"])))
+    if acl.get("deny"):
+        fields.append(("deny", list(acl["deny"])))
     return format_fields(fields)
 
 
@@ -317,6 +322,58 @@ def migrate_command(agent: str, to_peer: str, data_dir: Path | None, as_json: bo
         except ApiError as exc:
             raise refused(exc, f"cannot migrate agent {agent}") from exc
     emit(result, as_json, _format_migrate)
+
+
+def _format_acl(result: dict[str, Any]) -> str:
+    allow, deny = result["allow"], result["deny"]
+    return format_fields(
+        [
+            ("id", result["id"]),
+            ("allow only", list(allow) if allow else "- (every sender the trust policy admits)"),
+            ("deny", list(deny) if deny else "-"),
+        ]
+    )
+
+
+def _acl_command(
+    which: str, agent: str, senders: tuple[str, ...], clear: bool, **rest: Any
+) -> None:
+    if not senders and not clear:
+        raise click.UsageError(f"name at least one SENDER to {which}, or give --clear")
+    path = _agent_path(agent, "/acl")
+    with api_client(rest["data_dir"]) as client:
+        try:
+            result = client.post(path, {"list": which, "add": list(senders), "clear": clear})
+        except ApiError as exc:
+            raise refused(exc, f"cannot change the {which} list of agent {agent}") from exc
+    emit(result, rest["as_json"], _format_acl)
+
+
+_CLEAR_HELP = "Empty the list first (alone: just empty it)."
+
+
+@agent_group.command("allow")
+@click.argument("agent", metavar="ID")
+@click.argument("senders", metavar="SENDER...", nargs=-1)
+@click.option("--clear", is_flag=True, help=_CLEAR_HELP)
+@api_options
+def allow_command(
+    agent: str, senders: tuple[str, ...], clear: bool, data_dir: Path | None, as_json: bool
+) -> None:
+    """Let only the listed senders (ids or local names) message agent ID (plus earlier ones)."""
+    _acl_command("allow", agent, senders, clear, data_dir=data_dir, as_json=as_json)
+
+
+@agent_group.command("deny")
+@click.argument("agent", metavar="ID")
+@click.argument("senders", metavar="SENDER...", nargs=-1)
+@click.option("--clear", is_flag=True, help=_CLEAR_HELP)
+@api_options
+def deny_command(
+    agent: str, senders: tuple[str, ...], clear: bool, data_dir: Path | None, as_json: bool
+) -> None:
+    """Refuse messages to agent ID from the listed senders (ids or names of local agents)."""
+    _acl_command("deny", agent, senders, clear, data_dir=data_dir, as_json=as_json)
 
 
 # --- attach ----------------------------------------------------------------------------------

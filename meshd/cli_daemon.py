@@ -35,6 +35,8 @@ from meshd.identity import (
     create_node_key,
     insecure_mode_warning,
     load_node_key,
+    load_psk,
+    refuse_insecure,
 )
 from meshd.paths import API_SOCKET, CONFIG_FILE, DB_FILE, NODE_KEY, PID_FILE, resolve_data_dir
 
@@ -166,6 +168,10 @@ def run_daemon(directory: Path, flags: dict[str, object]) -> int:
         raise DaemonError(str(exc)) from exc
     try:
         key = load_node_key(directory / NODE_KEY)
+        # Secrets first: no start with a key or data directory others can read.
+        refuse_insecure(directory, directory / NODE_KEY)
+        if config.psk_file is not None:
+            load_psk(Path(config.psk_file))  # refused here, before the network starts
     except IdentityError as exc:
         raise DaemonError(str(exc)) from exc
     # Until trio takes the signals over, SIGTERM would kill us mid-start (with the pid
@@ -224,6 +230,7 @@ def _network_options(config: Config) -> dict[str, Any]:
         "mdns": config.mdns,
         "limits": limits,
         "discovery": config.dht,
+        "psk": load_psk(Path(config.psk_file)) if config.psk_file is not None else None,
     }
 
 
@@ -243,6 +250,7 @@ async def _run_node(
     from meshd.runtime.runtime import Runtime
     from meshd.store import Store, StoreError
     from meshd.telemetry import Telemetry
+    from meshd.trust import Trust
     from protocol.ids import SigningKey
 
     api = partial(serve_api, data_dir=directory, tcp=config.api_tcp)
@@ -256,8 +264,13 @@ async def _run_node(
             )
             delivery = Delivery(runtime, network, router=router)
             publisher = Publisher(runtime, network.dht_put, network.listen_addrs)
+            trust = Trust(config.trust, runtime, network.dht_get)
+            await trust.load()
+            delivery.trust = trust
             runtime.listener = publisher
-            migrator = Migrator(runtime, network, publisher, router=router)
+            migrator = Migrator(
+                runtime, network, publisher, router=router, policy=trust.migration_policy
+            )
             telemetry = Telemetry(SigningKey(seed), network, runtime, delivery, config.telemetry)
             # The collector reads node.status() at scrape time; two hooks feed histograms.
             metrics = NodeMetrics(lambda: node.status())
@@ -272,6 +285,7 @@ async def _run_node(
                 migrator=migrator,
                 metrics=metrics,
                 telemetry=telemetry,
+                trust=trust,
                 log_counters=counters,
             )
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

@@ -28,6 +28,8 @@ from meshd.net.settings import DiscoverySettings
 from meshd.paths import CONFIG_FILE
 from meshd.runtime.settings import RuntimeSettings
 from meshd.telemetry_settings import TelemetrySettings
+from meshd.trust_settings import POLICIES, TrustSettings
+from protocol.ids import NodeId
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -74,6 +76,9 @@ class Config:
     dht: DiscoverySettings = field(default_factory=DiscoverySettings)
     agents: RuntimeSettings = field(default_factory=RuntimeSettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    trust: TrustSettings = field(default_factory=TrustSettings)
+    # Private network: the pre-shared key file (relative to the data directory), or None.
+    psk_file: str | None = None
 
 
 class _ItemError(ValueError):
@@ -156,6 +161,19 @@ def _choice(*choices: str) -> Callable[[object], str]:
         return value.strip().lower()
 
     return parse
+
+
+def _node_id(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a node peer id, got {value!r}")
+    NodeId.from_text(value.strip())  # ValueError names the bad id
+    return value.strip()
+
+
+def _optional_path(value: object) -> str | None:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a file path, got {value!r}")
+    return value.strip() or None
 
 
 def _loopback_hostport(value: object) -> str | None:
@@ -316,6 +334,40 @@ _KEYS: tuple[_Key, ...] = (
         _float(1.5, 1e6),
         "Flag a node whose message, reject or spawn rate is this many times the mesh mean.",
     ),
+    _Key(
+        "trust.policy",
+        "open",
+        _choice(*POLICIES),
+        "open: any verified agent may message ours; trusted-roots: only agents whose "
+        "provenance is rooted in trust.roots or this node.",
+    ),
+    _Key(
+        "trust.roots",
+        [],
+        _list_of(_node_id),
+        "Node peer ids whose agents (and their descendants) trusted-roots admits.",
+        is_list=True,
+    ),
+    _Key(
+        "trust.accept_migrations",
+        True,
+        _bool,
+        "Take agents that peers migrate here (under trusted-roots only trusted-rooted ones).",
+    ),
+    _Key("trust.cache_size", 10_000, _int(1, 10_000_000), "Senders whose verdict is cached."),
+    _Key(
+        "trust.cache_ttl_s",
+        600.0,
+        _float(1.0, 86_400.0),
+        "Seconds a trusted verdict is cached (untrusted ones: 30 s, a record may appear).",
+    ),
+    _Key(
+        "network.psk_file",
+        "",
+        _optional_path,
+        "Private network: pre-shared key file (64 hex digits, or a go-libp2p swarm.key), "
+        "relative to the data directory; only nodes with the same key connect. Empty: off.",
+    ),
 )
 _BY_NAME = {key.name: key for key in _KEYS}
 
@@ -392,6 +444,9 @@ def load_config(
     for name in flags or {}:
         if name not in _BY_NAME:
             raise ConfigError(f"unknown config key {name!r}")
+    psk = values["network.psk_file"]
+    if psk is not None:
+        values["network.psk_file"] = str(data_dir / psk)  # relative to the data directory
     return _build(values)
 
 
@@ -451,6 +506,14 @@ def _build(values: Mapping[str, Any]) -> Config:
             max_nodes=values["telemetry.max_nodes"],
             anomaly_factor=values["telemetry.anomaly_factor"],
         ),
+        trust=TrustSettings(
+            policy=values["trust.policy"],
+            roots=values["trust.roots"],
+            accept_migrations=values["trust.accept_migrations"],
+            cache_size=values["trust.cache_size"],
+            cache_ttl_s=values["trust.cache_ttl_s"],
+        ),
+        psk_file=values["network.psk_file"],
     )
 
 

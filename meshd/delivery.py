@@ -42,6 +42,7 @@ from meshd.runtime.runtime import Runtime
 from meshd.runtime.sdk import DeliveryReport
 from meshd.store import OutboxMessage
 from meshd.tracing import trace_step
+from meshd.trust import Trust, refusal_error
 from protocol.envelope import DEFAULT_POLICY, Envelope, EnvelopePolicy, open_envelope
 from protocol.errors import RemoteProtocolError
 from protocol.frames import AckEntry, Mode, Msg, is_outcome
@@ -142,6 +143,8 @@ class Delivery:
         self._reject_logged: dict[str, float] = {}
         # Called with each remote send's time to its ACK in seconds (the metrics histogram).
         self.observe_latency: Callable[[float], object] = lambda seconds: None
+        # Admission of messages for hosted agents (trust policy, allow/deny lists); None: all.
+        self.trust: Trust | None = None
 
     # -- Messenger ------------------------------------------------------------------------
 
@@ -239,6 +242,11 @@ class Delivery:
                 self.sent["no_location"] += 1
                 return DeliveryReport(envelope.msg_id, UNREACHABLE, "no known location")
             if route.path == "local":
+                refusal = None if self.trust is None else await self.trust.admit(envelope)
+                if refusal is not None:
+                    self.sent["local:rejected:" + refusal] += 1
+                    detail = refusal_error(refusal).detail
+                    return DeliveryReport(envelope.msg_id, "rejected:" + refusal, detail)
                 outcome = await self._runtime.deliver(envelope, reliable=reliable)
                 self.sent["local:" + outcome] += 1
                 if envelope.trace is not None:
@@ -390,6 +398,10 @@ class Delivery:
                     replay.check(result.sender.raw, result.msg_id, result.expires_ms, now_ms)
                 except RemoteProtocolError as exc:
                     entries.append(self._reject(batch.peer_id, msg.seq, exc))
+                    continue
+                refusal = None if self.trust is None else await self.trust.admit(result)
+                if refusal is not None:
+                    entries.append(self._reject(batch.peer_id, msg.seq, refusal_error(refusal)))
                     continue
                 sender = result.sender
                 if not router.knows(sender) and not runtime.hosts(sender):

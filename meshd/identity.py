@@ -28,6 +28,8 @@ __all__ = [
     "create_node_key",
     "insecure_mode_warning",
     "load_node_key",
+    "load_psk",
+    "refuse_insecure",
 ]
 
 KEY_FILE_VERSION = 1
@@ -109,6 +111,54 @@ def load_node_key(path: Path) -> SigningKey:
         raise IdentityError(
             f"node key {path} is corrupt: its seed gives peer id {key.node_id.text}, "
             f"but the file says {recorded}"
+        )
+    return key
+
+
+def refuse_insecure(directory: Path, key_path: Path) -> None:
+    """Raise `IdentityError` if the data directory or the node key is open to group or others.
+
+    `meshd run` checks this before it starts: the key is the node's identity, and the data
+    directory holds the database (agents' state) and the API socket.
+    """
+    for path, fix in ((directory, "700"), (key_path, "600")):
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+        except OSError as exc:
+            raise IdentityError(f"cannot check {path}: {exc.strerror or exc}") from exc
+        if mode & 0o077:
+            raise IdentityError(
+                f"{path} has mode {mode:04o}: group or others can reach it; refusing to run "
+                f"(fix: chmod {fix} {path})"
+            )
+
+
+_PSK_HEADER = ("/key/swarm/psk/1.0.0/", "/base16/")
+
+
+def load_psk(path: Path) -> str:
+    """The private-network key in `path` as 64 hex digits (a go-libp2p swarm.key or bare hex).
+
+    The file must be private (mode 0600 or stricter): whoever reads it may join the network.
+    """
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise IdentityError(f"cannot read private-network key {path}: {reason}") from exc
+    if mode & 0o077:
+        raise IdentityError(
+            f"private-network key {path} has mode {mode:04o}; refusing to run (chmod 600 {path})"
+        )
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if lines[:2] == list(_PSK_HEADER):
+        lines = lines[2:]
+    key = lines[0].lower() if len(lines) == 1 else ""
+    if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
+        raise IdentityError(
+            f"private-network key {path} is not 64 hex digits (optionally after the "
+            "/key/swarm/psk/1.0.0/ and /base16/ lines of a swarm.key)"
         )
     return key
 

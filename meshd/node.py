@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from meshd.migration import Migrator
     from meshd.publisher import Publisher
     from meshd.telemetry import Telemetry
+    from meshd.trust import Trust
 
 __all__ = ["ApiRunner", "Node"]
 
@@ -65,6 +66,7 @@ class Node:
         migrator: Migrator | None = None,
         metrics: NodeMetrics | None = None,
         telemetry: Telemetry | None = None,
+        trust: Trust | None = None,
         version: str = __version__,
         log_counters: LogCounters | None = None,
     ) -> None:
@@ -76,6 +78,7 @@ class Node:
         self._migrator = migrator
         self._metrics = metrics
         self._telemetry = telemetry
+        self._trust = trust
         self._version = version
         self._log_counters = log_counters
         self._started_at: float | None = None
@@ -90,6 +93,13 @@ class Node:
         if self._runtime is None:
             raise RuntimeError("this node runs no agent runtime")
         return self._runtime
+
+    @property
+    def trust(self) -> Trust:
+        """Admission policy and per-agent allow/deny lists (the API's acl routes use it)."""
+        if self._trust is None:
+            raise RuntimeError("this node has no trust policy")
+        return self._trust
 
     @property
     def migrator(self) -> Migrator:
@@ -141,6 +151,8 @@ class Node:
             status["publisher"] = self._publisher.stats()
         if self._migrator is not None:
             status["migration"] = self._migrator.stats()
+        if self._trust is not None:
+            status["trust"] = self._trust.stats()
         if self._log_counters is not None:
             status["libp2p_log"] = dict(self._log_counters.libp2p)
         if self._metrics is not None:

@@ -21,6 +21,8 @@ class RejectReason(enum.Enum):
     UNKNOWN_VERSION = "unknown_version"
     RATE_LIMITED = "rate_limited"
     UNAUTHORIZED = "unauthorized"
+    DENIED = "denied"  # the recipient agent's allow/deny lists refuse the sender
+    UNTRUSTED = "untrusted"  # the sender's provenance is not rooted in a trusted node
 
 
 class ProtocolError(Exception):

@@ -62,6 +62,7 @@ from meshd.runtime import AgentError, LifecycleError, QuotaExceeded, Runtime, St
 from meshd.runtime.kinds import KindError
 from meshd.store import AgentGone, AgentNotFound, DuplicateAgent, InboxFull
 from meshd.tracing import new_trace_id
+from meshd.trust import MAX_ACL_ENTRIES, Trust
 from protocol.envelope import MAX_TOPIC_LEN, MSG_ID_LEN, Envelope
 from protocol.errors import LocalProtocolError
 from protocol.errors import RemoteProtocolError as RemoteProtocolError
@@ -242,7 +243,38 @@ async def _show(view: NodeView, request: Request) -> Any:
     with _runtime_errors(agent.did):
         info = await runtime.describe(agent)
         info["inbox"] = await runtime.store.inbox_count(agent.raw)
+    trust = _trust(view)
+    if trust is not None:
+        info["acl"] = trust.acl_of(agent).to_json()
     return info
+
+
+def _trust(view: NodeView) -> Trust | None:
+    try:
+        trust = getattr(view, "trust", None)
+    except RuntimeError:  # Node.trust says so when the node runs without one
+        return None
+    return trust if isinstance(trust, Trust) else None
+
+
+async def _acl(view: NodeView, request: Request) -> Any:
+    runtime = _runtime(view)
+    fields = _Fields(await _json_object(request, "acl"), "acl", ("list", "add", "clear"))
+    which = fields.text("list", max_len=8)
+    if which not in ("allow", "deny"):
+        raise _bad("'list' is required: allow or deny")
+    refs = fields.texts("add", max_len=128, max_items=MAX_ACL_ENTRIES)
+    clear = fields.flag("clear")
+    agent = await _hosted(runtime, request)
+    senders = [await _resolve(runtime, ref, "sender") for ref in refs]
+    trust = _trust(view)
+    if trust is None:
+        raise ApiProblem(503, "no_trust", "this node keeps no allow/deny lists")
+    try:
+        acl = await trust.update_acl(agent, which, senders, clear=clear)
+    except ValueError as exc:
+        raise _bad(str(exc)) from exc
+    return {"id": agent.did, **acl.to_json()}
 
 
 async def _suspend(view: NodeView, request: Request) -> Any:
@@ -578,6 +610,16 @@ AGENT_ENDPOINTS: tuple[Endpoint, ...] = (
         "LifecycleResult",
         _delete,
         errors=_LIFECYCLE,
+    ),
+    Endpoint(
+        "POST",
+        "/v1/agents/{id}/acl",
+        "updateAgentAcl",
+        "Add senders to an agent's allow or deny list, or clear the list first.",
+        "AclResult",
+        _acl,
+        request_body="AclRequest",
+        errors={**_BAD, **_NOT_FOUND},
     ),
     Endpoint(
         "POST",

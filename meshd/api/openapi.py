@@ -245,6 +245,34 @@ _AGENT_SCHEMAS: dict[str, dict[str, Any]] = {
             "waiting": {"type": "integer", "minimum": 0, "description": "Messages left."},
         },
     },
+    "AclRequest": {
+        "type": "object",
+        "required": ["list"],
+        "additionalProperties": False,
+        "properties": {
+            "list": {"enum": ["allow", "deny"]},
+            "add": {
+                "type": "array",
+                "maxItems": 1000,
+                "items": {**_AGENT_REF, "minLength": 1, "maxLength": 128},
+                "description": "Senders to add (ids, or names of agents on this node).",
+            },
+            "clear": {"type": "boolean", "description": "Empty the list before adding."},
+        },
+    },
+    "AclResult": {
+        "type": "object",
+        "required": ["id", "allow", "deny"],
+        "properties": {
+            "id": _AGENT_ID,
+            "allow": {
+                "type": "array",
+                "items": _AGENT_ID,
+                "description": "If not empty, only these senders may message the agent.",
+            },
+            "deny": {"type": "array", "items": _AGENT_ID, "description": "Refused senders."},
+        },
+    },
     "MigrateRequest": {
         "type": "object",
         "required": ["to"],

@@ -142,11 +142,12 @@ class Libp2pNetwork:
         wall_clock: WallClock = wall_ms,
         messages: StreamSettings | None = None,
         requests: RequestSettings | None = None,
+        psk: str | None = None,
     ) -> None:
         install_kad_protocol_id()
         self._listen = [Multiaddr(addr) for addr in listen]
         self._limits = limits or HostLimits()
-        self._host = build_host(seed, self._limits, mdns=mdns)
+        self._host = build_host(seed, self._limits, mdns=mdns, psk=psk)
         # Now, before any connection: Pubsub ignores connections made before it exists.
         self._topics = TopicService(self._host, gossip, wall_clock=wall_clock)
         self.validator = AgentRecordValidator(wall_clock)

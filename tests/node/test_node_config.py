@@ -108,6 +108,8 @@ def test_template_lists_every_key_at_its_default(tmp_path: Path) -> None:
         "dht": {},
         "agents": {},
         "telemetry": {},
+        "trust": {},
+        "network": {},
     }
     # Uncommenting every key gives a valid file equal to the defaults.
     uncommented = "\n".join(
