@@ -197,6 +197,7 @@ def _run_locked(directory: Path, config: Config, seed: bytes) -> int:
     # so logging is configured after it (see meshd.logs). trio is not needed by `init`.
     import trio
 
+    from meshd.guard import PeerGuard
     from meshd.logs import configure_logging
     from meshd.net.libp2p_net import Libp2pNetwork
 
@@ -205,8 +206,10 @@ def _run_locked(directory: Path, config: Config, seed: bytes) -> int:
     if warning:
         log.warning(warning)
     try:
-        network = Libp2pNetwork(seed, **_network_options(config))
-        return trio.run(partial(_run_node, network, directory, config, counters, seed))
+        # One guard: delivery rate-limits and penalises, the network enforces the bans.
+        guard = PeerGuard(config.limits)
+        network = Libp2pNetwork(seed, guard=guard, **_network_options(config))
+        return trio.run(partial(_run_node, network, directory, config, counters, seed, guard))
     except Exception:
         log.critical("daemon failed", exc_info=True)
         return 1
@@ -235,7 +238,7 @@ def _network_options(config: Config) -> dict[str, Any]:
 
 
 async def _run_node(
-    network: Any, directory: Path, config: Config, counters: Any, seed: bytes
+    network: Any, directory: Path, config: Config, counters: Any, seed: bytes, guard: Any
 ) -> int:
     import trio
 
@@ -262,7 +265,7 @@ async def _run_node(
             router = Router(
                 runtime.hosts, network.dht_get, lookup_timeout_s=config.dht.lookup_timeout_s
             )
-            delivery = Delivery(runtime, network, router=router)
+            delivery = Delivery(runtime, network, router=router, guard=guard)
             publisher = Publisher(runtime, network.dht_put, network.listen_addrs)
             trust = Trust(config.trust, runtime, network.dht_get)
             await trust.load()

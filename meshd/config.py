@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from meshd.guard import GuardSettings
 from meshd.net.addrs import BootstrapAddr, parse_bootstrap_addr, parse_listen_addr
 from meshd.net.settings import DiscoverySettings
 from meshd.paths import CONFIG_FILE
@@ -75,6 +76,7 @@ class Config:
     # The dht.* keys, plus the two connection limits discovery also obeys.
     dht: DiscoverySettings = field(default_factory=DiscoverySettings)
     agents: RuntimeSettings = field(default_factory=RuntimeSettings)
+    limits: GuardSettings = field(default_factory=GuardSettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     trust: TrustSettings = field(default_factory=TrustSettings)
     # Private network: the pre-shared key file (relative to the data directory), or None.
@@ -309,6 +311,38 @@ _KEYS: tuple[_Key, ...] = (
         "Messages queued in memory per active agent before senders get rate_limited.",
     ),
     _Key(
+        "limits.peer_msgs_per_s",
+        20_000.0,
+        _float(1.0, 1e9),
+        "Messages per second one peer may have verified here; the excess is rate_limited.",
+    ),
+    _Key("limits.peer_burst", 40_000.0, _float(1.0, 1e10), "Burst allowed above that rate."),
+    _Key(
+        "limits.agent_msgs_per_s",
+        5_000.0,
+        _float(1.0, 1e9),
+        "Messages per second one sending agent may deliver here (after verification).",
+    ),
+    _Key("limits.agent_burst", 10_000.0, _float(1.0, 1e10), "Burst allowed above that rate."),
+    _Key(
+        "limits.ban_threshold",
+        500.0,
+        _float(1.0, 1e9),
+        "Penalty score that bans a peer (bad signature or malformed 10, bad frames 50...).",
+    ),
+    _Key(
+        "limits.penalty_half_life_s",
+        60.0,
+        _float(0.1, 1e6),
+        "Seconds in which a peer's penalty score halves.",
+    ),
+    _Key(
+        "limits.ban_s",
+        600.0,
+        _float(0.0, 1e7),
+        "How long a banned peer is disconnected and refused.",
+    ),
+    _Key(
         "telemetry.interval_s",
         5.0,
         _float(0.1, 3600.0),
@@ -497,6 +531,15 @@ def _build(values: Mapping[str, Any]) -> Config:
             spawn_burst=values["agents.spawn_burst"],
             default_budget=values["agents.default_budget"],
             inbox_limit=values["agents.inbox_limit"],
+        ),
+        limits=GuardSettings(
+            peer_msgs_per_s=values["limits.peer_msgs_per_s"],
+            peer_burst=values["limits.peer_burst"],
+            agent_msgs_per_s=values["limits.agent_msgs_per_s"],
+            agent_burst=values["limits.agent_burst"],
+            ban_threshold=values["limits.ban_threshold"],
+            penalty_half_life_s=values["limits.penalty_half_life_s"],
+            ban_s=values["limits.ban_s"],
         ),
         telemetry=TelemetrySettings(
             interval_s=values["telemetry.interval_s"],

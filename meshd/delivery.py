@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from meshd.clock import WallClock, wall_ms
+from meshd.guard import PeerGuard
 from meshd.net.types import UNREACHABLE, InboundBatch, Network
 from meshd.pubsub import Topics
 from meshd.router import Route, Router, no_dht
@@ -44,7 +45,7 @@ from meshd.store import OutboxMessage
 from meshd.tracing import trace_step
 from meshd.trust import Trust, refusal_error
 from protocol.envelope import DEFAULT_POLICY, Envelope, EnvelopePolicy, open_envelope
-from protocol.errors import RemoteProtocolError
+from protocol.errors import RejectReason, RemoteProtocolError
 from protocol.frames import AckEntry, Mode, Msg, is_outcome
 from protocol.ids import AgentId
 from protocol.replay import ReplayWindow
@@ -63,6 +64,8 @@ _RETRY_OUTCOMES = frozenset(
     {UNREACHABLE, TIMEOUT, "not_here", "rejected:rate_limited", "rejected:unavailable"}
 )
 _REJECT_LOG_INTERVAL_S = 60.0
+_LIMITED = RemoteProtocolError(RejectReason.RATE_LIMITED, "over this peer's or agent's rate")
+_BANNED = RemoteProtocolError(RejectReason.UNAUTHORIZED, "this peer is banned for a while")
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +123,11 @@ class Delivery:
         router: Router | None = None,
         settings: DeliverySettings | None = None,
         clock: WallClock = wall_ms,
+        guard: PeerGuard | None = None,
     ) -> None:
         self._runtime = runtime
+        # Rate limits, penalties and bans; shared with the network, which enforces bans.
+        self.guard = guard if guard is not None else PeerGuard()
         self._network = network
         # Not `router or ...`: an empty router has length 0 and would count as false.
         self.router = router if router is not None else Router(runtime.hosts, no_dht)
@@ -313,6 +319,7 @@ class Delivery:
             "outbox": dict(sorted(self.outbox_counts.items())),
             "replay_window": len(self._replay),
             "topics": self.topics.stats(),
+            "guard": self.guard.stats(trio.current_time()),
         }
 
     # -- the service ----------------------------------------------------------------------
@@ -348,15 +355,27 @@ class Delivery:
     ) -> None:
         # Chunks small enough that one big read keeps both threads busy.
         limit, threads = self._settings.verify_chunk, self._settings.verify_threads
+        guard = self.guard
         async with jobs:
             async for batch in batches:
                 msgs = batch.msgs
-                size = min(limit, max(8, math.ceil(len(msgs) / threads)))
+                # Before any verification: a flooding or banned peer costs a parse, no more.
+                now = trio.current_time()
+                if guard.banned(batch.peer_id, now):
+                    granted, refusal = 0, _BANNED
+                else:
+                    granted, refusal = guard.admit_peer(batch.peer_id, len(msgs), now), _LIMITED
+                size = min(limit, max(8, math.ceil(granted / threads)))
                 now_ms = self._clock()
-                for start in range(0, len(msgs), size):
-                    job = _Job(batch, msgs[start : start + size])
+                for start in range(0, granted, size):
+                    job = _Job(batch, msgs[start : min(start + size, granted)])
                     # Bounded: at most `verify_ahead` jobs wait in `jobs`, plus one being sent.
                     nursery.start_soon(self._verify, job, now_ms)
+                    await jobs.send(job)
+                if granted < len(msgs):
+                    job = _Job(batch, msgs[granted:])
+                    job.results = [refusal] * len(job.msgs)
+                    job.done.set()
                     await jobs.send(job)
 
     async def _verify(self, job: _Job, now_ms: int) -> None:
@@ -383,7 +402,7 @@ class Delivery:
     async def _deliver_loop(
         self, jobs: trio.MemoryReceiveChannel[_Job], nursery: trio.Nursery
     ) -> None:
-        runtime, replay, router = self._runtime, self._replay, self.router
+        runtime, replay, router, guard = self._runtime, self._replay, self.router, self.guard
         async for job in jobs:
             await job.done.wait()
             now_ms = self._clock()
@@ -404,6 +423,9 @@ class Delivery:
                     entries.append(self._reject(batch.peer_id, msg.seq, refusal_error(refusal)))
                     continue
                 sender = result.sender
+                if not guard.admit_agent(sender.raw, trio.current_time()):
+                    entries.append(self._reject(batch.peer_id, msg.seq, _LIMITED))
+                    continue
                 if not router.knows(sender) and not runtime.hosts(sender):
                     # Where a verified message came from is where its sender's replies go.
                     # Only when nothing better is known: a peer relaying someone else's
@@ -441,6 +463,7 @@ class Delivery:
         self.rejected[reason] += 1
         self.received["rejected:" + reason] += 1
         now = trio.current_time()
+        self.guard.penalise(peer_id, reason, now)
         # One line per reason a minute: a peer sending junk must not flood the log.
         if now - self._reject_logged.get(reason, -math.inf) >= _REJECT_LOG_INTERVAL_S:
             self._reject_logged[reason] = now

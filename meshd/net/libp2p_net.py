@@ -31,6 +31,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from multiaddr import Multiaddr
 
 from meshd.clock import WallClock, wall_ms
+from meshd.guard import PeerGuard
 from meshd.net.addrs import BootstrapAddr
 from meshd.net.discovery import Discovery, DiscoverySettings
 from meshd.net.gossip import GossipSettings, TopicService
@@ -64,6 +65,7 @@ __all__ = ["Libp2pNetwork"]
 log = logging.getLogger("meshd.net")
 
 _CLOSE_TIMEOUT_S = 2.0
+_CLOSE_QUEUE = 64  # banned peers waiting to be disconnected
 _RECONCILE_S = 1.0
 
 
@@ -143,6 +145,7 @@ class Libp2pNetwork:
         messages: StreamSettings | None = None,
         requests: RequestSettings | None = None,
         psk: str | None = None,
+        guard: PeerGuard | None = None,
     ) -> None:
         install_kad_protocol_id()
         self._listen = [Multiaddr(addr) for addr in listen]
@@ -167,7 +170,12 @@ class Libp2pNetwork:
             self._counters,
         )
         self._notifee = _Notifee(self)
-        self._messages = MessageStreams(self._host, messages)
+        # Bans: the guard (shared with delivery) decides, we disconnect and refuse.
+        self._guard = guard
+        self._to_close_send, self._to_close = trio.open_memory_channel[Any](_CLOSE_QUEUE)
+        if guard is not None:
+            guard.on_ban = self._disconnect_banned
+        self._messages = MessageStreams(self._host, messages, guard)
         self._requests = RequestStreams(self._host, requests)
 
     # -- Network interface ------------------------------------------------------------
@@ -316,6 +324,7 @@ class Libp2pNetwork:
                 await nursery.start(self._messages.serve)
                 await nursery.start(self._discovery.serve)
                 nursery.start_soon(self._reconcile)
+                nursery.start_soon(self._close_banned)
                 self._emit(Listening(tuple(self.listen_addrs())))
                 task_status.started()
                 await trio.sleep_forever()
@@ -360,7 +369,13 @@ class Libp2pNetwork:
 
     def _on_connected(self, conn: Any) -> None:
         peer_id = conn.muxed_conn.peer_id
-        if peer_id in self._since or conn.is_closed:
+        if conn.is_closed:
+            return
+        if self._guard is not None and self._guard.banned(str(peer_id), trio.current_time()):
+            self._counters["banned_refused"] += 1
+            self._queue_close(peer_id)
+            return
+        if peer_id in self._since:
             return
         self._since[peer_id] = trio.current_time()
         addrs = conn.get_transport_addresses()
@@ -373,6 +388,29 @@ class Libp2pNetwork:
             )
         )
         self._discovery.peer_connected(peer_id)
+
+    def _disconnect_banned(self, peer_id: str) -> None:
+        """The guard banned `peer_id`: close its connection (soon, from `_close_banned`)."""
+        try:
+            self._queue_close(ID.from_base58(peer_id))
+        except ValueError:  # not a peer id we could be connected to
+            return
+
+    def _queue_close(self, peer_id: Any) -> None:
+        try:
+            self._to_close_send.send_nowait(peer_id)
+        except trio.WouldBlock:  # many bans at once: the reconnect check catches the rest
+            self._counters["ban_closes_dropped"] += 1
+
+    async def _close_banned(self) -> None:
+        network = self._host.get_network()
+        async for peer_id in self._to_close:
+            self._counters["ban_disconnects"] += 1
+            with trio.move_on_after(_CLOSE_TIMEOUT_S):
+                try:
+                    await network.close_peer(peer_id)
+                except Exception as exc:  # already gone, or py-libp2p's teardown failed
+                    log.debug("closing banned peer %s failed: %s", peer_id, exc)
 
     def _on_disconnected(self, conn: Any) -> None:
         peer_id = conn.muxed_conn.peer_id

@@ -35,6 +35,7 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from multiaddr import Multiaddr
 
+from meshd.guard import PeerGuard
 from meshd.net.types import UNREACHABLE, MessageHandler, SendResult
 from protocol.errors import LocalProtocolError, RejectReason, RemoteProtocolError
 from protocol.frames import (
@@ -218,8 +219,11 @@ class _Batch:
 class MessageStreams:
     """Message streams of one libp2p host, outbound and inbound; run with `serve`."""
 
-    def __init__(self, host: Any, settings: StreamSettings | None = None) -> None:
+    def __init__(
+        self, host: Any, settings: StreamSettings | None = None, guard: PeerGuard | None = None
+    ) -> None:
         self._host = host
+        self._guard = guard  # refuses banned peers' streams; told about bad frames
         self._self_id = str(host.get_id())
         self._settings = settings or StreamSettings()
         self._channels: dict[str, _PeerChannel] = {}
@@ -518,6 +522,10 @@ class MessageStreams:
             self.counters["inbound_refused"] += 1
             await self._reset(stream)
             return
+        if self._guard is not None and self._guard.banned(peer_id, trio.current_time()):
+            self.counters["inbound_banned"] += 1
+            await self._reset(stream)
+            return
         self._inbound[peer_id] += 1
         self.counters["inbound_streams"] += 1
         finished = False
@@ -616,6 +624,8 @@ class MessageStreams:
     def _bad_frames(self, peer_id: str, exc: RemoteProtocolError) -> None:
         self.rejected[exc.reason.value] += 1
         log.info("peer %s sent bad message frames, stream reset: %s", peer_id, exc)
+        if self._guard is not None:
+            self._guard.penalise(peer_id, "bad_frames", trio.current_time())
 
     async def _reset(self, stream: Any) -> None:
         with trio.move_on_after(1.0):

@@ -107,6 +107,7 @@ def test_template_lists_every_key_at_its_default(tmp_path: Path) -> None:
         "connections": {},
         "dht": {},
         "agents": {},
+        "limits": {},
         "telemetry": {},
         "trust": {},
         "network": {},

@@ -1,0 +1,215 @@
+"""Abuse resistance: token buckets, penalty scores, rate limits and timed bans of peers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from hypothesis import given
+from hypothesis import strategies as st
+from libp2p.peer.id import ID
+
+from meshd.delivery import Delivery
+from meshd.guard import GuardSettings, PeerGuard
+from meshd.net.libp2p_net import Libp2pNetwork
+from meshd.net.types import NetEvent
+from meshd.runtime.runtime import Runtime
+from meshd.store import Store
+from protocol.envelope import Envelope
+from protocol.errors import LocalProtocolError
+from protocol.frames import Mode, encode_msg
+from protocol.ids import SigningKey
+from protocol.ratelimit import DecayingScore, TokenBucket
+from tests.delivery.test_delivery import (
+    LOOPBACK,
+    QUIET,
+    REC,
+    Node,
+    raw_stream,
+    read_acks,
+    spawn,
+    until,
+)
+from tests.runtime import kinds_for_tests as kinds
+
+# -- the arithmetic (sans-IO) -------------------------------------------------------------
+
+
+def test_token_bucket_grants_its_burst_then_its_rate() -> None:
+    bucket = TokenBucket(rate=10.0, burst=5.0)
+    assert bucket.take_up_to(8, now=100.0) == 5  # the burst, no more
+    assert bucket.take_up_to(8, now=100.0) == 0
+    assert bucket.take_up_to(8, now=100.5) == 5  # 0.5 s at 10/s
+    assert not bucket.full(100.5)
+    assert bucket.full(101.0)
+    with pytest.raises(LocalProtocolError):
+        TokenBucket(rate=0.0, burst=1.0)
+
+
+@given(
+    st.floats(0.5, 1000.0),
+    st.floats(1.0, 1000.0),
+    st.lists(st.tuples(st.floats(0.0, 10.0), st.integers(0, 500)), max_size=50),
+)
+def test_token_bucket_never_grants_more_than_burst_plus_rate_times_time(
+    rate: float, burst: float, steps: list[tuple[float, int]]
+) -> None:
+    bucket = TokenBucket(rate, burst)
+    now, granted = 0.0, 0
+    for gap, want in steps:
+        now += gap
+        got = bucket.take_up_to(want, now)
+        assert 0 <= got <= want
+        granted += got
+    assert granted <= burst + rate * now + 1e-6
+
+
+def test_decaying_score_halves_every_half_life() -> None:
+    score = DecayingScore(half_life=10.0, now=0.0)
+    assert score.add(0.0, 8.0) == 8.0
+    assert score.at(10.0) == pytest.approx(4.0)
+    assert score.add(20.0, 1.0) == pytest.approx(3.0)
+
+
+def test_guard_bans_after_the_threshold_and_forgets_after_the_ban() -> None:
+    guard = PeerGuard(GuardSettings(ban_threshold=30.0, ban_s=60.0, penalty_half_life_s=60.0))
+    banned: list[str] = []
+    guard.on_ban = banned.append
+    assert not guard.penalise("peer", "rate_limited", 0.0)  # no weight: honest peers burst
+    assert not guard.penalise("peer", "bad_signature", 1.0)
+    assert not guard.penalise("peer", "bad_signature", 1.0)
+    assert guard.penalise("peer", "bad_signature", 1.0)  # 30: banned now
+    assert banned == ["peer"]
+    assert guard.banned("peer", 30.0)
+    assert not guard.banned("other", 30.0)
+    assert not guard.penalise("peer", "bad_signature", 4.0)  # already banned: no second ban
+    assert not guard.banned("peer", 63.5)  # the ban ran out
+    stats = guard.stats(63.5)
+    assert stats["bans"] == 1
+    assert stats["banned"] == []
+    assert stats["penalties"]["bad_signature"] == 3
+
+
+def test_guard_scores_decay_so_rare_mistakes_never_ban() -> None:
+    guard = PeerGuard(GuardSettings(ban_threshold=30.0, penalty_half_life_s=1.0))
+    for minute in range(100):  # one malformed message a minute, for 100 minutes
+        assert not guard.penalise("peer", "malformed", minute * 60.0)
+    assert guard.score("peer", 6000.0) < 10.0
+
+
+def test_guard_rate_limits_peers_before_and_agents_after_verification() -> None:
+    guard = PeerGuard(
+        GuardSettings(peer_msgs_per_s=10, peer_burst=20, agent_msgs_per_s=1, agent_burst=2)
+    )
+    assert guard.admit_peer("a", 15, 0.0) == 15
+    assert guard.admit_peer("a", 15, 0.0) == 5
+    assert guard.admit_peer("b", 15, 0.0) == 15  # another peer has its own bucket
+    assert [guard.admit_agent(b"x" * 32, 0.0) for _ in range(3)] == [True, True, False]
+    assert guard.admit_agent(b"y" * 32, 0.0)
+    assert guard.stats(0.0)["rate_limited_peer"] == 10
+    assert guard.stats(0.0)["rate_limited_agent"] == 1
+
+
+# -- in-process nodes on loopback ---------------------------------------------------------
+
+
+async def drain_until_closed(stream: Any) -> None:
+    """Read (and drop ACKs) until the peer closes or resets the stream."""
+    for _ in range(10_000):
+        try:
+            if not await stream.read(65536):
+                return
+        except Exception:  # reset: py-libp2p's stream errors have no common base
+            return
+    pytest.fail("the stream was never closed")
+
+
+@asynccontextmanager
+async def guarded_nodes(tmp_path: Path, settings: GuardSettings) -> AsyncIterator[list[Node]]:
+    """Two nodes whose network and delivery share a guard, as `meshd run` builds them."""
+    kinds.reset()
+    events, _unread = trio.open_memory_channel[NetEvent](10_000)
+    async with AsyncExitStack() as stack:
+        stores = [await stack.enter_async_context(Store(tmp_path / f"n{i}.db")) for i in range(2)]
+        async with trio.open_nursery() as nursery:
+            nodes = []
+            for store in stores:
+                seed = os.urandom(32)
+                guard = PeerGuard(settings)
+                net = Libp2pNetwork(seed, listen=[LOOPBACK], discovery=QUIET, guard=guard)
+                runtime = Runtime(store, SigningKey(seed))
+                delivery = Delivery(runtime, net, guard=guard)
+                await nursery.start(net.serve, events)
+                await nursery.start(runtime.serve)
+                await nursery.start(delivery.serve)
+                nodes.append(Node(net, runtime, delivery))
+            try:
+                yield nodes
+            finally:
+                nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_over_its_rate_gets_rate_limited_unverified(tmp_path: Path) -> None:
+    settings = GuardSettings(peer_msgs_per_s=1.0, peer_burst=20.0)
+    async with guarded_nodes(tmp_path, settings) as (a, b):
+        rec = await spawn(b, REC)
+        key = SigningKey.generate()
+        now = a.runtime.clock()
+        frames = [Envelope.create(key, rec, "msg", i, now_ms=now).frame for i in range(50)]
+        stream = await raw_stream(a, b)
+        await stream.write(
+            b"".join(encode_msg(seq, Mode.AT_MOST_ONCE, f) for seq, f in enumerate(frames))
+        )
+        acks = await read_acks(stream, 50)
+        outcomes = [acks[seq].outcome for seq in range(50)]
+        delivered = outcomes.count("delivered")
+        # The burst (20, plus what refilled meanwhile) gets through, in order; the rest not.
+        assert 20 <= delivered < 30
+        assert outcomes[:delivered] == ["delivered"] * delivered
+        assert set(outcomes[delivered:]) == {"rejected:rate_limited"}
+        await until(lambda: len(kinds.RECEIVED) == delivered, "the delivered messages handled")
+        guard = b.delivery.stats()["guard"]
+        assert guard["rate_limited_peer"] == 50 - delivered
+        assert not guard["banned"]  # being limited is no misbehaviour
+
+
+async def test_forging_peer_is_banned_disconnected_and_refused(tmp_path: Path) -> None:
+    settings = GuardSettings(ban_threshold=50.0, ban_s=600.0)
+    async with guarded_nodes(tmp_path, settings) as (a, b):
+        rec = await spawn(b, REC)
+        key = SigningKey.generate()
+        now = a.runtime.clock()
+        forged = []
+        for i in range(10):
+            frame = bytearray(Envelope.create(key, rec, "msg", i, now_ms=now).frame)
+            frame[10] ^= 1  # inside the signature
+            forged.append(bytes(frame))
+        stream = await raw_stream(a, b)
+        await stream.write(
+            b"".join(encode_msg(seq, Mode.AT_MOST_ONCE, f) for seq, f in enumerate(forged))
+        )
+        with trio.fail_after(15):
+            await drain_until_closed(stream)  # banned after 5: the connection goes
+        await until(lambda: a.net.peer_id in b.delivery.stats()["guard"]["banned"], "the ban")
+        await until(lambda: not b.net.connected_peers(), "the disconnect")
+        assert b.net.stats()["ban_disconnects"] >= 1
+        assert not kinds.RECEIVED
+        # While banned, a new connection is dropped and message streams are refused.
+        with trio.move_on_after(5):  # a's side may still hold the dead connection: drop it
+            await a.net.host.get_network().close_peer(ID.from_base58(b.net.peer_id))
+        good = Envelope.create(key, rec, "msg", "honest now", now_ms=a.runtime.clock())
+        with trio.fail_after(15):
+            try:
+                again = await raw_stream(a, b)
+                await again.write(encode_msg(0, Mode.AT_MOST_ONCE, good.frame))
+                await drain_until_closed(again)
+            except Exception:  # refused at connect or at stream open: both fine
+                pass
+        assert not kinds.RECEIVED
+        stats = b.net.stats()
+        assert stats.get("banned_refused", 0) + stats["messages"].get("inbound_banned", 0) >= 1
