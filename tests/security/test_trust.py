@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from meshd.clock import wall_ms
 from meshd.runtime.records import build_record
