@@ -214,6 +214,28 @@ def list_command(
     emit(data, as_json, _format_list)
 
 
+def _format_find(data: dict[str, Any]) -> str:
+    agents = data["agents"]
+    if not agents:
+        return f"no agents with capability {data['cap']!r} found"
+    rows = [(a["id"], a["kind"], a["node"]) for a in agents]
+    return format_table(("ID", "KIND", "NODE"), rows) + f"\n{len(agents)} found"
+
+
+@agent_group.command("find")
+@click.option("--cap", required=True, metavar="TAG", help="The capability tag to look for.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@api_options
+def find_command(cap: str, limit: int, data_dir: Path | None, as_json: bool) -> None:
+    """Find agents with a capability anywhere in the mesh, with the nodes hosting them."""
+    with api_client(data_dir) as client:
+        try:
+            data = client.get("/v1/find", params={"cap": cap, "limit": limit})
+        except ApiError as exc:
+            raise refused(exc, "agent find") from exc
+    emit(data, as_json, _format_find)
+
+
 def _format_agent(info: dict[str, Any]) -> str:
     fields: list[tuple[str, Any]] = [
         ("id", info["id"]),

@@ -252,6 +252,7 @@ async def _run_node(
     from meshd.router import Router
     from meshd.runtime.runtime import Runtime
     from meshd.store import Store, StoreError
+    from meshd.summaries import Listeners, Summaries
     from meshd.telemetry import Telemetry
     from meshd.trust import Trust
     from protocol.ids import SigningKey
@@ -262,15 +263,20 @@ async def _run_node(
         # The store outlives the node's nursery: leaving it commits what is queued.
         async with Store(directory / DB_FILE) as store:
             runtime = Runtime(store, SigningKey(seed), config.agents)
+            summaries = Summaries(runtime, network, config.summary)
             router = Router(
-                runtime.hosts, network.dht_get, lookup_timeout_s=config.dht.lookup_timeout_s
+                runtime.hosts,
+                network.dht_get,
+                lookup_timeout_s=config.dht.lookup_timeout_s,
+                summaries=summaries,
+                exclude_s=config.summary.exclude_s,
             )
             delivery = Delivery(runtime, network, router=router, guard=guard)
             publisher = Publisher(runtime, network.dht_put, network.listen_addrs)
             trust = Trust(config.trust, runtime, network.dht_get)
             await trust.load()
             delivery.trust = trust
-            runtime.listener = publisher
+            runtime.listener = Listeners(publisher, summaries)
             migrator = Migrator(
                 runtime, network, publisher, router=router, policy=trust.migration_policy
             )
@@ -286,6 +292,7 @@ async def _run_node(
                 delivery=delivery,
                 publisher=publisher,
                 migrator=migrator,
+                summaries=summaries,
                 metrics=metrics,
                 telemetry=telemetry,
                 trust=trust,

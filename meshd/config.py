@@ -28,6 +28,7 @@ from meshd.net.addrs import BootstrapAddr, parse_bootstrap_addr, parse_listen_ad
 from meshd.net.settings import DiscoverySettings
 from meshd.paths import CONFIG_FILE
 from meshd.runtime.settings import RuntimeSettings
+from meshd.summary_settings import SummarySettings
 from meshd.telemetry_settings import TelemetrySettings
 from meshd.trust_settings import POLICIES, TrustSettings
 from protocol.ids import NodeId
@@ -77,6 +78,7 @@ class Config:
     dht: DiscoverySettings = field(default_factory=DiscoverySettings)
     agents: RuntimeSettings = field(default_factory=RuntimeSettings)
     limits: GuardSettings = field(default_factory=GuardSettings)
+    summary: SummarySettings = field(default_factory=SummarySettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     trust: TrustSettings = field(default_factory=TrustSettings)
     # Private network: the pre-shared key file (relative to the data directory), or None.
@@ -343,6 +345,36 @@ _KEYS: tuple[_Key, ...] = (
         "How long a banned peer is disconnected and refused.",
     ),
     _Key(
+        "summary.interval_s",
+        30.0,
+        _float(0.1, 86_400.0),
+        "Longest time before a change of the hosted agents (or a lost push) reaches neighbours.",
+    ),
+    _Key(
+        "summary.fp_rate",
+        0.01,
+        _float(1e-6, 0.25),
+        "Target false-positive rate of the summary Bloom filters (sizes them).",
+    ),
+    _Key(
+        "summary.neighbour_bytes_per_s",
+        1024.0,
+        _float(1.0, 1e9),
+        "Summary bytes sent to one neighbour per second, on average, however high the churn.",
+    ),
+    _Key(
+        "summary.two_hop",
+        True,
+        _bool,
+        "Also forward the union of the neighbours' level-1 filters (routes three hops out).",
+    ),
+    _Key(
+        "summary.max_bytes",
+        4 * 1024 * 1024,
+        _int(1024, 16 * 1024 * 1024),
+        "Refuse (and count) summaries from neighbours larger than this.",
+    ),
+    _Key(
         "telemetry.interval_s",
         5.0,
         _float(0.1, 3600.0),
@@ -540,6 +572,14 @@ def _build(values: Mapping[str, Any]) -> Config:
             ban_threshold=values["limits.ban_threshold"],
             penalty_half_life_s=values["limits.penalty_half_life_s"],
             ban_s=values["limits.ban_s"],
+        ),
+        summary=SummarySettings(
+            interval_s=values["summary.interval_s"],
+            fp_rate=values["summary.fp_rate"],
+            neighbour_bytes_per_s=values["summary.neighbour_bytes_per_s"],
+            two_hop=values["summary.two_hop"],
+            max_bytes=values["summary.max_bytes"],
+            tick_s=min(0.5, values["summary.interval_s"]),
         ),
         telemetry=TelemetrySettings(
             interval_s=values["telemetry.interval_s"],

@@ -262,7 +262,12 @@ class Delivery:
                 self.sent["gone"] += 1
                 return DeliveryReport(envelope.msg_id, "gone", "the agent's record is a tombstone")
             report = await self._send_remote(envelope, route, reliable)
-            if report.outcome != "not_here" or attempt:
+            # A node matched by a summary false positive never hosted the agent and answers
+            # wrong_recipient: re-resolve as for not_here (the router then skips that node).
+            stale = report.outcome == "not_here" or (
+                report.outcome == "rejected:wrong_recipient" and route.path.startswith("summary")
+            )
+            if not stale or attempt:
                 return report
             # A stale location: forget it and look the agent up afresh, once.
             self.router.invalidate(recipient, route.peer_id)

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from meshd.metrics import NodeMetrics
     from meshd.migration import Migrator
     from meshd.publisher import Publisher
+    from meshd.summaries import Summaries
     from meshd.telemetry import Telemetry
     from meshd.trust import Trust
 
@@ -64,6 +65,7 @@ class Node:
         delivery: Delivery | None = None,
         publisher: Publisher | None = None,
         migrator: Migrator | None = None,
+        summaries: Summaries | None = None,
         metrics: NodeMetrics | None = None,
         telemetry: Telemetry | None = None,
         trust: Trust | None = None,
@@ -76,6 +78,7 @@ class Node:
         self._delivery = delivery
         self._publisher = publisher
         self._migrator = migrator
+        self._summaries = summaries
         self._metrics = metrics
         self._telemetry = telemetry
         self._trust = trust
@@ -93,6 +96,13 @@ class Node:
         if self._runtime is None:
             raise RuntimeError("this node runs no agent runtime")
         return self._runtime
+
+    @property
+    def summaries(self) -> Summaries:
+        """Node summaries: routing and capability search (the API's find route uses it)."""
+        if self._summaries is None:
+            raise RuntimeError("this node keeps no summaries")
+        return self._summaries
 
     @property
     def trust(self) -> Trust:
@@ -151,6 +161,8 @@ class Node:
             status["publisher"] = self._publisher.stats()
         if self._migrator is not None:
             status["migration"] = self._migrator.stats()
+        if self._summaries is not None:
+            status["summaries"] = self._summaries.stats()
         if self._trust is not None:
             status["trust"] = self._trust.stats()
         if self._log_counters is not None:
@@ -190,6 +202,9 @@ class Node:
                 await nursery.start(self._delivery.serve)
             if self._publisher is not None:
                 await nursery.start(self._publisher.serve)
+            if self._summaries is not None:
+                # Before the migrator: an arriving agent changes the summary.
+                await nursery.start(self._summaries.serve)
             if self._migrator is not None:
                 # Last: an arriving agent needs the runtime, delivery and publisher running.
                 await nursery.start(self._migrator.serve)

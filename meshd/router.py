@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 
@@ -19,8 +20,9 @@ from meshd.clock import WallClock, wall_ms
 from protocol.errors import RemoteProtocolError
 from protocol.ids import AgentId
 from protocol.records import AgentRecord, LifecycleState, agent_record_key
+from protocol.summary import Located
 
-__all__ = ["Route", "Router", "no_dht"]
+__all__ = ["Route", "Router", "SummaryView", "no_dht"]
 
 log = logging.getLogger("meshd.router")
 
@@ -35,10 +37,33 @@ async def no_dht(key: str) -> bytes | None:
 
 Hosts = Callable[[AgentId], bool]
 
+_HANDED_MAX = 4096  # summary routes remembered, to tell a false positive by its not_here
+_EXCLUDED_MAX = 4096
+
+
+class SummaryView(Protocol):
+    """What the router needs of the neighbours' summaries (`meshd.summaries.Summaries`)."""
+
+    def candidates(self, agent: AgentId) -> list[tuple[str, int]]:
+        """Neighbours whose summary matches, as (peer, level): 0 hosts it, 1+ hops beyond."""
+        ...
+
+    def addrs_of(self, peer_id: str) -> tuple[str, ...]:
+        """Known addresses of a peer."""
+        ...
+
+    async def ask_locate(self, peer_id: str, agent: AgentId) -> Sequence[Located]:
+        """Ask a neighbour which of its neighbours may host `agent`."""
+        ...
+
+    def count_false_positive(self) -> None:
+        """A summary match was answered not_here."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """How to reach an agent: `path` is local, cache, dht or gone; peer and addrs if remote."""
+    """How to reach an agent: `path` is local, summary, summary-2hop, cache, dht or gone."""
 
     path: str
     peer_id: str = ""
@@ -57,8 +82,18 @@ class Router:
         cache_ttl_s: float = 600.0,
         lookup_timeout_s: float = 10.0,
         clock: WallClock = wall_ms,
+        summaries: SummaryView | None = None,
+        exclude_s: float = 60.0,
     ) -> None:
         self._hosts = hosts
+        self.summaries = summaries
+        self._exclude_s = exclude_s
+        # (agent, peer) of recent summary routes, and those answered not_here (until when).
+        self._handed: OrderedDict[tuple[bytes, str], str] = OrderedDict()
+        self._excluded: OrderedDict[tuple[bytes, str], float] = OrderedDict()
+        self.false_positives: Counter[str] = Counter()
+        self.summary_probes = 0
+        self.summary_matches = 0  # level-0 matches seen: beyond one per probe, false positives
         self._dht_get = dht_get
         self._cache: OrderedDict[bytes, tuple[str, tuple[str, ...], float]] = OrderedDict()
         self._cache_size = cache_size
@@ -79,7 +114,20 @@ class Router:
             self._cache.popitem(last=False)
 
     def invalidate(self, agent: AgentId, peer_id: str | None = None) -> None:
-        """Forget a cached location (only if it points at `peer_id`, when given)."""
+        """Forget a cached location (only if it points at `peer_id`, when given).
+
+        Called on `not_here`: if the peer came from a summary match, that was a false positive;
+        the peer is skipped for this agent for a while, so the retry falls through.
+        """
+        if peer_id is not None:
+            path = self._handed.pop((agent.raw, peer_id), None)
+            if path is not None:
+                self.false_positives[path] += 1
+                if self.summaries is not None:
+                    self.summaries.count_false_positive()
+                self._excluded[(agent.raw, peer_id)] = trio.current_time() + self._exclude_s
+                while len(self._excluded) > _EXCLUDED_MAX:
+                    self._excluded.popitem(last=False)
         cached = self._cache.get(agent.raw)
         if cached is not None and (peer_id is None or cached[0] == peer_id):
             del self._cache[agent.raw]
@@ -97,6 +145,20 @@ class Router:
         if self._hosts(agent):
             self.paths["local"] += 1
             return Route("local")
+        deeper: list[tuple[str, int]] = []
+        direct = ""
+        if self.summaries is not None:
+            self.summary_probes += 1
+            for peer_id, level in self.summaries.candidates(agent):
+                if self._is_excluded(agent, peer_id):
+                    continue
+                if level == 0:
+                    self.summary_matches += 1
+                    direct = direct or peer_id
+                    continue
+                deeper.append((peer_id, level))
+            if direct:
+                return self._summary_route(agent, "summary", direct)
         if use_cache:
             cached = self._cache.get(agent.raw)
             if cached is not None:
@@ -105,6 +167,10 @@ class Router:
                     self.paths["cache"] += 1
                     return Route("cache", peer_id, addrs)
                 del self._cache[agent.raw]
+        if deeper:
+            route = await self._via_neighbours(agent, deeper)
+            if route is not None:
+                return route
         record = await self._lookup(agent)
         if record is None:
             self.paths["unknown"] += 1
@@ -115,6 +181,46 @@ class Router:
         self.learn(agent, record.node.text, record.addrs)
         self.paths["dht"] += 1
         return Route("dht", record.node.text, record.addrs)
+
+    def _is_excluded(self, agent: AgentId, peer_id: str) -> bool:
+        until = self._excluded.get((agent.raw, peer_id))
+        if until is None:
+            return False
+        if until > trio.current_time():
+            return True
+        del self._excluded[(agent.raw, peer_id)]
+        return False
+
+    def _summary_route(
+        self, agent: AgentId, path: str, peer_id: str, addrs: tuple[str, ...] = ()
+    ) -> Route:
+        self.paths[path] += 1
+        self._handed[(agent.raw, peer_id)] = path
+        self._handed.move_to_end((agent.raw, peer_id))
+        while len(self._handed) > _HANDED_MAX:
+            self._handed.popitem(last=False)
+        if not addrs and self.summaries is not None:
+            addrs = self.summaries.addrs_of(peer_id)
+        return Route(path, peer_id, addrs)
+
+    async def _via_neighbours(self, agent: AgentId, deeper: list[tuple[str, int]]) -> Route | None:
+        """Ask the neighbours whose levels match where the agent is: two (or three) hops."""
+        assert self.summaries is not None
+        asked: set[str] = set()
+        queue = sorted(deeper, key=lambda item: item[1])[:4]  # a few queries at most
+        while queue:
+            peer_id, _ = queue.pop(0)
+            if peer_id in asked:
+                continue
+            asked.add(peer_id)
+            for found in await self.summaries.ask_locate(peer_id, agent):
+                if found.peer in asked or self._is_excluded(agent, found.peer):
+                    continue
+                if found.level == 0:
+                    return self._summary_route(agent, "summary-2hop", found.peer, found.addrs)
+                if len(asked) < 4:
+                    queue.append((found.peer, found.level))
+        return None
 
     async def _lookup(self, agent: AgentId) -> AgentRecord | None:
         self.dht_lookups += 1
@@ -143,6 +249,9 @@ class Router:
         """Route paths taken and DHT lookups, for status and metrics."""
         return {
             "paths": dict(self.paths),
+            "false_positives": dict(self.false_positives),
+            "summary_probes": self.summary_probes,
+            "summary_matches": self.summary_matches,
             "dht_lookups": self.dht_lookups,
             "dht_failures": self.dht_failures,
             "cache_size": len(self._cache),

@@ -12,6 +12,9 @@ Agent record (signed by the agent; the DHT value under `agent_record_key`):
 Node summary (signed by the node):
     1 version, 2 node PeerID, 3 seq uint, 4 created uint ms, 5 agents Bloom, 6 caps Bloom,
     7 counts {tstr => uint}, 8 levels [Bloom] (optional: what neighbours host, by hop)
+Summary delta (not signed itself: it carries the signature of the summary it rebuilds):
+    1 version, 2 node PeerID, 3 base seq, 4 seq, 5 created, 6 agents BloomDelta,
+    7 caps BloomDelta, 8 counts, 9 levels [BloomDelta] (optional), 10 signature bstr64
 """
 
 from __future__ import annotations
@@ -23,10 +26,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.bloom import BloomFilter
-from protocol.cbor import DecodeLimits, decode_signed_map, encode_signed_map
+from protocol.bloom import BloomDelta, BloomFilter
+from protocol.cbor import (
+    DecodeLimits,
+    decode_signed_map,
+    dumps_canonical,
+    encode_signed_map,
+    loads_strict,
+)
 from protocol.errors import LocalProtocolError, RejectReason, RemoteProtocolError
-from protocol.ids import AgentId, NodeId, SigningKey, verify_signature
+from protocol.ids import SIGNATURE_LEN, AgentId, NodeId, SigningKey, verify_signature
 
 __all__ = [
     "AGENT_RECORD_DOMAIN",
@@ -39,6 +48,7 @@ __all__ = [
     "LifecycleState",
     "NodeSummary",
     "Provenance",
+    "SummaryDelta",
     "agent_record_key",
     "select_newest",
 ]
@@ -366,17 +376,7 @@ class NodeSummary:
         levels: Sequence[BloomFilter] = (),
     ) -> NodeSummary:
         """Sign a summary with the node key."""
-        fields: dict[int, Any] = {
-            1: RECORD_VERSION,
-            2: node_key.node_id.raw,
-            3: seq,
-            4: created_ms,
-            5: agents.to_cbor_obj(),
-            6: caps.to_cbor_obj(),
-            7: dict(counts),
-        }
-        if levels:
-            fields[8] = [level.to_cbor_obj() for level in levels]
+        fields = _summary_fields(node_key.node_id, seq, created_ms, agents, caps, counts, levels)
         return cls.decode(encode_signed_map(NODE_SUMMARY_DOMAIN, fields, node_key))
 
     @classmethod
@@ -385,14 +385,7 @@ class NodeSummary:
         fields, signed, signature = decode_signed_map(data, NODE_SUMMARY_DOMAIN, limits)
         _version(fields)
         _exact_keys(fields, {1, 2, 3, 4, 5, 6, 7}, {8})
-        counts = fields[7]
-        if type(counts) is not dict or len(counts) > MAX_COUNTS:
-            raise _fail(f"counts must be a map of at most {MAX_COUNTS} entries")
-        for name, value in counts.items():
-            if type(name) is not str or not 0 < len(name) <= MAX_KIND_LEN:
-                raise _fail("count names are text of 1..64 characters")
-            if type(value) is not int or not 0 <= value <= _MAX_UINT:
-                raise _fail("counts are unsigned integers")
+        counts = _counts(fields[7])
         raw_levels = fields.get(8, [])
         if type(raw_levels) is not list or len(raw_levels) > MAX_LEVELS:
             raise _fail(f"levels must be an array of at most {MAX_LEVELS} filters")
@@ -413,3 +406,151 @@ class NodeSummary:
         """Raise bad_signature unless the node named in the summary signed it."""
         if not self.node.verify(self.signed_bytes, self.signature):
             raise RemoteProtocolError(RejectReason.BAD_SIGNATURE, "node summary")
+
+
+_SIG_ENTRY = b"\x00\x58\x40"  # key 0, byte string of 64: how every signed map starts
+
+
+def _summary_fields(
+    node: NodeId,
+    seq: int,
+    created_ms: int,
+    agents: BloomFilter,
+    caps: BloomFilter,
+    counts: Mapping[str, int],
+    levels: Sequence[BloomFilter],
+) -> dict[int, Any]:
+    fields: dict[int, Any] = {
+        1: RECORD_VERSION,
+        2: node.raw,
+        3: seq,
+        4: created_ms,
+        5: agents.to_cbor_obj(),
+        6: caps.to_cbor_obj(),
+        7: dict(counts),
+    }
+    if levels:
+        fields[8] = [level.to_cbor_obj() for level in levels]
+    return fields
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryDelta:
+    """How summary `seq` differs from summary `base_seq` of the same node, Bloom words only.
+
+    It carries the node's signature over the new summary instead of one of its own: the
+    receiver rebuilds that summary from the base it holds and verifies it like any other, so
+    a delta that was tampered with, or applied to the wrong base, fails as bad_signature.
+    """
+
+    node: NodeId
+    base_seq: int
+    seq: int
+    created_ms: int
+    agents: BloomDelta
+    caps: BloomDelta
+    counts: Mapping[str, int]
+    levels: tuple[BloomDelta, ...]
+    signature: bytes
+
+    @classmethod
+    def between(cls, base: NodeSummary, new: NodeSummary) -> SummaryDelta | None:
+        """The delta from `base` to `new`, or None when only a whole summary will do."""
+        if base.node != new.node or base.seq >= new.seq or len(base.levels) != len(new.levels):
+            return None
+        pairs = [(base.agents, new.agents), (base.caps, new.caps)]
+        pairs += list(zip(base.levels, new.levels, strict=True))
+        if any((a.bits, a.hashes, a.seed) != (b.bits, b.hashes, b.seed) for a, b in pairs):
+            return None  # a filter was resized: its words mean other things now
+        return cls(
+            node=new.node,
+            base_seq=base.seq,
+            seq=new.seq,
+            created_ms=new.created_ms,
+            agents=new.agents.delta_since(base.agents),
+            caps=new.caps.delta_since(base.caps),
+            counts=dict(new.counts),
+            levels=tuple(n.delta_since(b) for b, n in zip(base.levels, new.levels, strict=True)),
+            signature=new.signature,
+        )
+
+    def encode(self) -> bytes:
+        """Deterministic CBOR encoding."""
+        fields: dict[int, Any] = {
+            1: RECORD_VERSION,
+            2: self.node.raw,
+            3: self.base_seq,
+            4: self.seq,
+            5: self.created_ms,
+            6: self.agents.to_cbor_obj(),
+            7: self.caps.to_cbor_obj(),
+            8: dict(self.counts),
+            10: self.signature,
+        }
+        if self.levels:
+            fields[9] = [level.to_cbor_obj() for level in self.levels]
+        return dumps_canonical(fields)
+
+    @classmethod
+    def decode(cls, data: bytes, limits: DecodeLimits = SUMMARY_LIMITS) -> SummaryDelta:
+        """Parse a delta from untrusted bytes (`apply` checks it against its base)."""
+        fields = loads_strict(data, limits)
+        if type(fields) is not dict or any(type(key) is not int for key in fields):
+            raise _fail("a summary delta is a map with integer keys")
+        _version(fields)
+        _exact_keys(fields, {1, 2, 3, 4, 5, 6, 7, 8, 10}, {9})
+        signature = fields[10]
+        if type(signature) is not bytes or len(signature) != SIGNATURE_LEN:
+            raise _fail("signature must be 64 bytes")
+        raw_levels = fields.get(9, [])
+        # Absent when there are no levels, so an empty array is not a second encoding.
+        if 9 in fields and (type(raw_levels) is not list or not 0 < len(raw_levels) <= MAX_LEVELS):
+            raise _fail(f"levels must be an array of 1..{MAX_LEVELS} deltas")
+        delta = cls(
+            node=NodeId.from_bytes(fields[2]),
+            base_seq=_uint(fields, 3, "base seq"),
+            seq=_uint(fields, 4, "seq"),
+            created_ms=_uint(fields, 5, "created"),
+            agents=BloomDelta.from_cbor_obj(fields[6]),
+            caps=BloomDelta.from_cbor_obj(fields[7]),
+            counts=_counts(fields[8]),
+            levels=tuple(BloomDelta.from_cbor_obj(level) for level in raw_levels),
+            signature=signature,
+        )
+        if delta.encode() != data:
+            raise _fail("summary delta is not deterministic CBOR")
+        return delta
+
+    def apply(self, base: NodeSummary) -> NodeSummary:
+        """The summary this delta rebuilds from `base`, signature verified."""
+        if base.node != self.node or base.seq != self.base_seq or self.seq <= self.base_seq:
+            raise _fail("summary delta does not follow the base summary held")
+        if len(base.levels) != len(self.levels):
+            raise _fail("summary delta changes the number of levels")
+        fields = _summary_fields(
+            self.node,
+            self.seq,
+            self.created_ms,
+            base.agents.apply_delta(self.agents),
+            base.caps.apply_delta(self.caps),
+            self.counts,
+            [level.apply_delta(d) for level, d in zip(base.levels, self.levels, strict=True)],
+        )
+        unsigned = dumps_canonical(fields)
+        # Exactly what encode_signed_map writes, with the node's signature from the delta.
+        summary = NodeSummary.decode(
+            bytes((unsigned[0] + 1,)) + _SIG_ENTRY + self.signature + unsigned[1:]
+        )
+        summary.verify()
+        return summary
+
+
+def _counts(counts: object) -> dict[str, int]:
+    if type(counts) is not dict or len(counts) > MAX_COUNTS:
+        raise _fail(f"counts must be a map of at most {MAX_COUNTS} entries")
+    for name, value in counts.items():
+        if type(name) is not str or not 0 < len(name) <= MAX_KIND_LEN:
+            raise _fail("count names are text of 1..64 characters")
+        if type(value) is not int or not 0 <= value <= _MAX_UINT:
+            raise _fail("counts are unsigned integers")
+    return counts

@@ -61,6 +61,7 @@ from meshd.pubsub import Topics
 from meshd.runtime import AgentError, LifecycleError, QuotaExceeded, Runtime, State, UnknownAgent
 from meshd.runtime.kinds import KindError
 from meshd.store import AgentGone, AgentNotFound, DuplicateAgent, InboxFull
+from meshd.summaries import Summaries
 from meshd.tracing import new_trace_id
 from meshd.trust import MAX_ACL_ENTRIES, Trust
 from protocol.envelope import MAX_TOPIC_LEN, MSG_ID_LEN, Envelope
@@ -93,6 +94,7 @@ MAX_SPAWN_PER_REQUEST = 100_000
 SPAWN_INFOS = 1_000
 LIST_MAX = 10_000
 INBOX_MAX = 1_000
+FIND_MAX = 1_000
 WAIT_MAX_S = 300.0
 SEND_TIMEOUT_MAX_S = 300.0
 # A long poll re-reads the inbox at least this often: `Runtime.wait_inbox` can miss a message
@@ -313,6 +315,28 @@ _MIGRATION_PROBLEMS = {
     "unreachable": (502, "peer_unreachable"),
     "refused": (502, "migration_refused"),
 }
+
+
+async def _find(view: NodeView, request: Request) -> Any:
+    _runtime(view)
+    params = _query(request, ("cap", "limit"))
+    tag = params.get("cap") or ""
+    if not 0 < len(tag) <= 64:
+        raise _bad("query parameter 'cap' must be a capability tag of 1..64 characters")
+    limit = _query_int(params, "limit", 100, 1, FIND_MAX)
+    try:
+        summaries = getattr(view, "summaries", None)
+    except RuntimeError:  # Node.summaries says so when the node keeps none
+        summaries = None
+    if not isinstance(summaries, Summaries):
+        raise ApiProblem(503, "no_summaries", "this node keeps no node summaries")
+    found = await summaries.find(tag, limit)
+    return {
+        "cap": tag,
+        "agents": [
+            {"id": AgentId(item.agent).did, "kind": item.kind, "node": item.node} for item in found
+        ],
+    }
 
 
 async def _migrate(view: NodeView, request: Request) -> Any:
@@ -659,6 +683,19 @@ AGENT_ENDPOINTS: tuple[Endpoint, ...] = (
         _ack_inbox,
         request_body="AckRequest",
         errors=_EXTERNAL,
+    ),
+    Endpoint(
+        "GET",
+        "/v1/find",
+        "findAgents",
+        "Agents with a capability anywhere in the mesh (here, then nodes whose summary has it).",
+        "FindResult",
+        _find,
+        query=(
+            QueryParam("cap", description="The capability tag, 1..64 characters (required)."),
+            QueryParam("limit", "integer", f"Most agents to return, 1..{FIND_MAX} (default 100)."),
+        ),
+        errors={**_BAD, 503: "The node hosts no agents or keeps no summaries."},
     ),
     Endpoint(
         "POST",

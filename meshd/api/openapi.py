@@ -394,6 +394,25 @@ _AGENT_SCHEMAS: dict[str, dict[str, Any]] = {
             },
         },
     },
+    "FindResult": {
+        "type": "object",
+        "required": ["cap", "agents"],
+        "properties": {
+            "cap": {"type": "string"},
+            "agents": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["id", "kind", "node"],
+                    "properties": {
+                        "id": _AGENT_ID,
+                        "kind": {"type": "string"},
+                        "node": {"type": "string", "description": "Peer id of the hosting node."},
+                    },
+                },
+            },
+        },
+    },
 }
 SCHEMAS.update(_AGENT_SCHEMAS)
 
