@@ -19,6 +19,7 @@ import errno
 import hmac
 import ipaddress
 import logging
+import math
 import os
 import secrets
 import socket
@@ -156,7 +157,12 @@ async def _get_peers(view: NodeView, request: Request) -> Any:
 
 
 async def _get_status(view: NodeView, request: Request) -> Any:
-    return view.status()
+    status = view.status()
+    refused = request.app.state.unauthorized
+    if refused is not None:
+        # Requests the TCP listener refused for a missing or wrong token (probes, bad clients).
+        status = {**status, "api": {"unauthorized": refused[0]}}
+    return status
 
 
 async def _get_openapi(view: NodeView, request: Request) -> Any:
@@ -276,15 +282,18 @@ def build_app(view: NodeView) -> Starlette:
         max_body_size=MAX_BODY_BYTES,
     )
     app.state.openapi = build_openapi(ENDPOINTS, version=__version__)
+    app.state.unauthorized = None  # with a TCP listener: its `_RequireBearer` refusals
     return app
 
 
 class _RequireBearer:
     """ASGI wrapper that answers 401 unless the request carries the right bearer token."""
 
-    def __init__(self, app: ASGIApp, token: str) -> None:
+    def __init__(self, app: ASGIApp, token: str, refused: list[int] | None = None) -> None:
         self.app = app
         self._token = token.encode()
+        self._refused = refused if refused is not None else [0]
+        self._logged_at = -math.inf
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -294,6 +303,16 @@ class _RequireBearer:
                 value.strip().encode(), self._token
             )
             if not ok:
+                self._refused[0] += 1
+                now = trio.current_time()
+                if now - self._logged_at >= 60.0:  # one line a minute, however many guesses
+                    self._logged_at = now
+                    log.warning(
+                        "control API: refused a TCP request without the right token from %s "
+                        "(%d so far)",
+                        (scope.get("client") or ("?",))[0],
+                        self._refused[0],
+                    )
                 response = _error_response(
                     401,
                     "unauthorized",
@@ -509,8 +528,12 @@ async def serve_api(
             try:
                 await nursery.start(_serve_hypercorn, app, unix_config, shutdown)
                 if tcp_config is not None and token is not None:
+                    refused = app.state.unauthorized = [0]
                     await nursery.start(
-                        _serve_hypercorn, _RequireBearer(app, token), tcp_config, shutdown
+                        _serve_hypercorn,
+                        _RequireBearer(app, token, refused),
+                        tcp_config,
+                        shutdown,
                     )
                 also = f" and http://{tcp_text}" if tcp_text else ""
                 log.info("control API on %s%s", socket_path, also)
