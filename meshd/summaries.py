@@ -125,6 +125,8 @@ class Summaries:
         self.bytes_out = 0
         self.bytes_in = 0
         self.full_sent = 0
+        self.full_bytes_out = 0
+        self.delta_bytes_out = 0
         self.deltas_sent = 0
         self.full_received = 0
         self.deltas_received = 0
@@ -530,8 +532,10 @@ class Summaries:
         self.bytes_out += len(request)
         if kind == PUSH_FULL:
             self.full_sent += 1
+            self.full_bytes_out += len(request)
         else:
             self.deltas_sent += 1
+            self.delta_bytes_out += len(request)
 
     async def _round(self, nursery: trio.Nursery, limiter: trio.CapacityLimiter) -> None:
         now = trio.current_time()
@@ -609,6 +613,8 @@ class Summaries:
             "bytes_in": self.bytes_in,
             "full_sent": self.full_sent,
             "deltas_sent": self.deltas_sent,
+            "full_bytes_out": self.full_bytes_out,
+            "delta_bytes_out": self.delta_bytes_out,
             "full_received": self.full_received,
             "deltas_received": self.deltas_received,
             "push_failures": self.push_failures,

@@ -26,7 +26,9 @@ from protocol.records import (
     LifecycleState,
     NodeSummary,
     Provenance,
+    SummaryDelta,
 )
+from protocol.summary import sized_filter
 
 VECTOR_DIR = Path(__file__).resolve().parent.parent / "protocol" / "vectors"
 NOW = 1_800_000_000_000  # 2027-01-15T08:00:00Z
@@ -533,6 +535,61 @@ def bloom_summary_vectors() -> list[dict[str, Any]]:
     ]
 
 
+def summary_delta_vectors() -> list[dict[str, Any]]:
+    """Summary deltas (issue 6): each applies to the base summary given in `base`."""
+    agents = _ids(40)
+    bloom = sized_filter(64, 0.01)
+    bloom.add_many(agents[:30])
+    caps = sized_filter(4, 0.01)
+    caps.add_many([b"echo"])
+    base = NodeSummary.create(
+        NODE, seq=10, created_ms=NOW - 5_000, agents=bloom, caps=caps, counts={"agents": 30}
+    )
+    grown = sized_filter(64, 0.01)
+    grown.add_many(agents[1:40])
+    new = NodeSummary.create(
+        NODE, seq=11, created_ms=NOW - 1_000, agents=grown, caps=caps, counts={"agents": 39}
+    )
+    delta = SummaryDelta.between(base, new)
+    assert delta is not None
+    forged = SummaryDelta(
+        delta.node, delta.base_seq, delta.seq, delta.created_ms, delta.agents, delta.caps,
+        {"agents": 1}, delta.levels, delta.signature,
+    )  # fmt: skip
+    late = SummaryDelta(
+        delta.node, 9, delta.seq, delta.created_ms, delta.agents, delta.caps,
+        delta.counts, delta.levels, delta.signature,
+    )  # fmt: skip
+    base_hex = base.encoded.hex()
+    return [
+        _vector(
+            "summary-delta-valid",
+            "summary_delta",
+            "one agent gone, ten new; rebuilds the summary of seq 11",
+            delta.encode(),
+            "valid",
+            base=base_hex,
+            result=new.encoded.hex(),
+        ),
+        _vector(
+            "summary-delta-forged-counts",
+            "summary_delta",
+            "counts changed after signing: the rebuilt summary fails its signature",
+            forged.encode(),
+            "bad_signature",
+            base=base_hex,
+        ),
+        _vector(
+            "summary-delta-wrong-base",
+            "summary_delta",
+            "made against seq 9, applied to seq 10",
+            late.encode(),
+            "malformed",
+            base=base_hex,
+        ),
+    ]
+
+
 def build() -> dict[str, dict[str, Any]]:
     """Every vector file's content, keyed by file name."""
     header = {
@@ -547,7 +604,10 @@ def build() -> dict[str, dict[str, Any]]:
     return {
         "envelope.json": {**header, "vectors": envelope_vectors()},
         "records.json": {**header, "vectors": record_vectors()},
-        "bloom_summary.json": {**header, "vectors": bloom_summary_vectors()},
+        "bloom_summary.json": {
+            **header,
+            "vectors": bloom_summary_vectors() + summary_delta_vectors(),
+        },
     }
 
 

@@ -13,7 +13,7 @@ from protocol.cbor import DecodeLimits
 from protocol.envelope import EnvelopePolicy, open_envelope
 from protocol.errors import RemoteProtocolError
 from protocol.ids import AgentId
-from protocol.records import AgentRecord, BirthCert, NodeSummary
+from protocol.records import AgentRecord, BirthCert, NodeSummary, SummaryDelta
 from protocol.replay import ReplayWindow
 from scripts import gen_vectors
 
@@ -55,6 +55,10 @@ def verdict(vec: dict[str, Any]) -> str:
             AgentRecord.decode(data).verify(now)
         elif vec["type"] == "node_summary":
             NodeSummary.decode(data).verify()
+        elif vec["type"] == "summary_delta":
+            base = NodeSummary.decode(bytes.fromhex(vec["base"]))
+            rebuilt = SummaryDelta.decode(data).apply(base)
+            assert rebuilt.encoded.hex() == vec.get("result", rebuilt.encoded.hex())
         elif vec["type"] == "bloom":
             bloom = BloomFilter.decode(data)
             assert all(bytes.fromhex(item) in bloom for item in vec.get("contains", []))
