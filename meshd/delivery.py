@@ -364,12 +364,10 @@ class Delivery:
         async with jobs:
             async for batch in batches:
                 msgs = batch.msgs
-                # Before any verification: a flooding or banned peer costs a parse, no more.
-                now = trio.current_time()
-                if guard.banned(batch.peer_id, now):
-                    granted, refusal = 0, _BANNED
-                else:
-                    granted, refusal = guard.admit_peer(batch.peer_id, len(msgs), now), _LIMITED
+                # Before any verification: a banned peer's batches in flight cost no more.
+                # (Peers over their rate are slowed where their streams are read.)
+                banned = guard.banned(batch.peer_id, trio.current_time())
+                granted = 0 if banned else len(msgs)
                 size = min(limit, max(8, math.ceil(granted / threads)))
                 now_ms = self._clock()
                 for start in range(0, granted, size):
@@ -379,7 +377,7 @@ class Delivery:
                     await jobs.send(job)
                 if granted < len(msgs):
                     job = _Job(batch, msgs[granted:])
-                    job.results = [refusal] * len(job.msgs)
+                    job.results = [_BANNED] * len(job.msgs)
                     job.done.set()
                     await jobs.send(job)
 

@@ -1,8 +1,9 @@
 """Abuse resistance for inbound messages: rate limits, penalties and timed bans of peers.
 
 Three defences, all counted (see `stats`) and configured by the `limits.*` keys:
-- a token bucket per peer, checked before any signature is verified, so a flooding peer's
-  excess costs us a frame parse and an ACK, not a verification;
+- a token bucket per peer that shapes rather than refuses: the peer's message stream is
+  read no faster than its rate, so a flooding peer is slowed by TCP backpressure and its
+  excess costs us nothing at all (no read, no parse, no verification);
 - a token bucket per sending agent, checked after verification (before it, a forger could
   drain an honest agent's bucket with envelopes that only claim to come from it);
 - a penalty score per peer that decays with time: invalid frames, bad signatures and other
@@ -12,7 +13,7 @@ Three defences, all counted (see `stats`) and configured by the `limits.*` keys:
 Fairness between peers comes from the shape of the intake: each inbound stream hands over
 at most a few batches before its ACKs are written, and blocked peers are served in turn
 (FIFO) when the node's queue is full, so a flooder waits its turn like everyone else; its
-buckets then cap what it gets verified.
+bucket then caps how often its turn comes.
 """
 
 from __future__ import annotations
@@ -39,10 +40,10 @@ PENALTIES: dict[str, float] = {
     RejectReason.BAD_SIGNATURE.value: 10.0,
     RejectReason.UNKNOWN_VERSION.value: 2.0,
     RejectReason.WRONG_RECIPIENT.value: 1.0,
-    RejectReason.EXPIRED.value: 0.5,
-    RejectReason.FROM_FUTURE.value: 0.5,
+    RejectReason.EXPIRED.value: 0.2,
+    RejectReason.FROM_FUTURE.value: 0.2,
     RejectReason.TTL_TOO_LONG.value: 1.0,
-    RejectReason.REPLAYED.value: 0.5,
+    RejectReason.REPLAYED.value: 0.2,
     "bad_frames": 50.0,
     "bad_summary": 10.0,
 }
@@ -85,18 +86,23 @@ class PeerGuard:
         # Called with a peer id when it is banned: the network disconnects it.
         self.on_ban: Callable[[str], None] | None = None
 
-    def admit_peer(self, peer_id: str, count: int, now: float) -> int:
-        """How many of `count` messages from `peer_id` may be verified now (the rest wait)."""
+    def peer_delay(self, peer_id: str, count: int, now: float) -> float:
+        """Seconds to wait before taking `count` more messages from `peer_id` (0: at once).
+
+        The message streams wait that long before reading on: a peer over its rate is slowed
+        by TCP backpressure, and costs us nothing more while it waits.
+        """
         bucket = self._peers.get(peer_id)
         if bucket is None:
             settings = self.settings
             bucket = TokenBucket(settings.peer_msgs_per_s, settings.peer_burst)
             self._peers[peer_id] = bucket
             _trim(self._peers, settings.max_tracked)
-        granted = bucket.take_up_to(count, now)
-        if granted < count:
-            self.counters["rate_limited_peer"] += count - granted
-        return granted
+        delay = bucket.borrow(count, now, max_debt=self.settings.peer_burst)
+        if delay > 0:
+            self.counters["throttled_batches"] += 1
+            self.counters["throttled_ms"] += int(delay * 1000)
+        return delay
 
     def admit_agent(self, sender: bytes, now: float) -> bool:
         """Whether a verified message from agent `sender` is within its rate."""

@@ -45,6 +45,17 @@ class TokenBucket:
         self.tokens -= granted
         return granted
 
+    def borrow(self, count: int, now: float, max_debt: float) -> float:
+        """Take `count` tokens, going into debt if need be; return seconds until it is repaid.
+
+        A shaper rather than a gate: the caller waits that long before going on, so the
+        average stays at `rate`. The debt never exceeds `max_debt` (the excess is forgiven),
+        so one huge batch cannot stall its sender for ever.
+        """
+        self._refill(now)
+        self.tokens = max(self.tokens - count, -max_debt)
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
     def wait_time(self, amount: float, now: float) -> float:
         """Seconds until `amount` tokens would be available (inf if over the burst)."""
         self._refill(now)

@@ -580,6 +580,11 @@ class MessageStreams:
                 if msgs:
                     self.counters["msgs_received"] += len(msgs)
                     self.counters["batches_received"] += 1
+                    if self._guard is not None:
+                        # Over its rate: read no more from this peer until it is back under.
+                        delay = self._guard.peer_delay(peer_id, len(msgs), trio.current_time())
+                        if delay > 0:
+                            await trio.sleep(delay)
                     await slots.acquire()
                     try:
                         await handler(_Batch(peer_id, msgs, outbox))
