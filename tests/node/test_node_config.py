@@ -108,6 +108,7 @@ def test_template_lists_every_key_at_its_default(tmp_path: Path) -> None:
         "dht": {},
         "agents": {},
         "limits": {},
+        "summary": {},
         "telemetry": {},
         "trust": {},
         "network": {},
