@@ -263,7 +263,13 @@ async def _run_node(
         # The store outlives the node's nursery: leaving it commits what is queued.
         async with Store(directory / DB_FILE) as store:
             runtime = Runtime(store, SigningKey(seed), config.agents)
-            summaries = Summaries(runtime, network, config.summary)
+            summaries = Summaries(
+                runtime,
+                network,
+                config.summary,
+                provide=network.dht_provide,
+                find_providers=network.dht_find_providers,
+            )
             router = Router(
                 runtime.hosts,
                 network.dht_get,

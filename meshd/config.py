@@ -369,6 +369,12 @@ _KEYS: tuple[_Key, ...] = (
         "Also forward the union of the neighbours' level-1 filters (routes three hops out).",
     ),
     _Key(
+        "summary.min_push_gap_s",
+        5.0,
+        _float(0.0, 86_400.0),
+        "Shortest time between two pushes to one neighbour: changes in between make one delta.",
+    ),
+    _Key(
         "summary.max_bytes",
         4 * 1024 * 1024,
         _int(1024, 16 * 1024 * 1024),
@@ -578,6 +584,7 @@ def _build(values: Mapping[str, Any]) -> Config:
             fp_rate=values["summary.fp_rate"],
             neighbour_bytes_per_s=values["summary.neighbour_bytes_per_s"],
             two_hop=values["summary.two_hop"],
+            min_gap_s=min(values["summary.min_push_gap_s"], values["summary.interval_s"]),
             max_bytes=values["summary.max_bytes"],
             tick_s=min(0.5, values["summary.interval_s"]),
         ),

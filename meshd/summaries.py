@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +41,7 @@ from protocol.summary import (
     Found,
     Located,
     SummaryHistory,
+    capability_key,
     decode_ack,
     decode_find,
     decode_find_answer,
@@ -69,6 +70,11 @@ log = logging.getLogger("meshd.summaries")
 _PAGE = 1000  # agents read from the store per page when collecting capability tags
 _PARALLEL_PUSHES = 8
 _QUERY_TIMEOUT_S = 5.0
+_MAX_PROVIDED = 64  # capability tags announced in the DHT; a node with more announces the first
+_PROVIDE_EVERY_S = 6 * 3600.0  # provider records live about a day in py-libp2p
+
+Provide = Callable[[str], Awaitable[bool]]
+FindProviders = Callable[[str, int], Awaitable[list[str]]]
 
 
 @dataclass
@@ -87,6 +93,7 @@ class _Neighbour:
     banned_until: float = 0.0
     in_flight: bool = False
     failures: int = 0  # pushes failed in a row
+    last_push: float = -1e9
     hits: Counter[str] = field(default_factory=Counter)
 
 
@@ -100,8 +107,14 @@ class Summaries:
         settings: SummarySettings | None = None,
         *,
         clock: WallClock = wall_ms,
+        provide: Provide | None = None,
+        find_providers: FindProviders | None = None,
     ) -> None:
         self._runtime = runtime
+        self._provide = provide
+        self._find_providers = find_providers
+        self._provided: tuple[str, ...] = ()
+        self._provide_wake = trio.Event()
         self._network = network
         self.settings = settings or SummarySettings()
         self._clock = clock
@@ -137,6 +150,9 @@ class Summaries:
         self.false_positives = 0
         self.locate_queries = 0
         self.find_queries = 0
+        self.provided = 0
+        self.provide_failures = 0
+        self.found_via: Counter[str] = Counter()
 
     # -- the runtime's listener: mark the summary stale, rebuild on the next tick --------
 
@@ -209,29 +225,48 @@ class Summaries:
         self.false_positives += 1
 
     async def find(self, tag: str, limit: int, hops: int = 1) -> list[Found]:
-        """Agents with capability `tag`: here first, then at neighbours whose summary says so."""
+        """Agents with capability `tag`: here, at nodes their summary names, then DHT providers."""
         found = await self._local_find(tag, limit)
+        self.found_via["local"] += len(found)
         seen = {f.agent for f in found}
+        asked = {self._network.peer_id}
         for peer in self._cap_matches(tag, exclude=""):
             if len(found) >= limit:
                 break
-            try:
-                answer = await self._network.request(
-                    peer,
-                    self.addrs_of(peer),
-                    FIND_PROTOCOL,
-                    encode_find(tag, min(limit, MAX_ANSWERS), hops),
-                    timeout=_QUERY_TIMEOUT_S * (hops + 1),
-                )
-                remote = decode_find_answer(answer)
-            except (RequestError, RemoteProtocolError) as exc:
-                log.info("find %r at %s failed: %s", tag, peer, exc)
-                continue
-            for item in remote:
-                if item.agent not in seen:
-                    seen.add(item.agent)
-                    found.append(item)
+            asked.add(peer)
+            found += self._fresh(await self._ask_find(peer, tag, limit, hops), seen, "summary")
+        if len(found) < limit and self._find_providers is not None:
+            # Nodes no summary of ours reaches: those that announced the tag in the DHT.
+            with trio.move_on_after(_QUERY_TIMEOUT_S * 2):
+                providers = await self._find_providers(capability_key(tag), 20)
+            for peer in providers:
+                if len(found) >= limit:
+                    break
+                if peer not in asked:
+                    asked.add(peer)
+                    remote = await self._ask_find(peer, tag, limit, 0)
+                    found += self._fresh(remote, seen, "dht")
         return found[:limit]
+
+    def _fresh(self, items: list[Found], seen: set[bytes], via: str) -> list[Found]:
+        new = [item for item in items if item.agent not in seen]
+        seen.update(item.agent for item in new)
+        self.found_via[via] += len(new)
+        return new
+
+    async def _ask_find(self, peer: str, tag: str, limit: int, hops: int) -> list[Found]:
+        try:
+            answer = await self._network.request(
+                peer,
+                self.addrs_of(peer),
+                FIND_PROTOCOL,
+                encode_find(tag, min(limit, MAX_ANSWERS), hops),
+                timeout=_QUERY_TIMEOUT_S * (hops + 1),
+            )
+            return decode_find_answer(answer)
+        except (RequestError, RemoteProtocolError) as exc:
+            log.info("find %r at %s failed: %s", tag, peer, exc)
+            return []
 
     def _cap_matches(self, tag: str, exclude: str) -> list[str]:
         now = trio.current_time()
@@ -390,6 +425,8 @@ class Summaries:
         if self._dirty or current is None or len(ids) != self._agent_count:
             self._caps = await self._collect_caps()
             self._agent_count = len(ids)
+            if self._caps[:_MAX_PROVIDED] != self._provided:
+                self._provide_wake.set()
         caps = sized_filter(len(self._caps), fp)
         caps.add_many([tag.encode() for tag in self._caps])
         levels, level_agents = self._levels(agents.hashes)
@@ -549,13 +586,15 @@ class Summaries:
                 continue
             if neighbour.banned_until > now:
                 continue
+            if neighbour.held is not None and now - neighbour.last_push < self.settings.min_gap_s:
+                continue  # changes coalesce into one delta per gap (first contact goes at once)
             payload = self._history.payload_for(neighbour.held)
             if payload is None:
                 continue
             kind, body = payload
             if not self._take_allowance(neighbour, len(body), now):
                 continue  # over budget: it gets the then-current summary on a later tick
-            neighbour.in_flight = True
+            neighbour.in_flight, neighbour.last_push = True, now
             nursery.start_soon(self._limited_push, limiter, neighbour, kind, body)
 
     async def _limited_push(
@@ -563,6 +602,24 @@ class Summaries:
     ) -> None:
         async with limiter:
             await self._push(neighbour, kind, body)
+
+    async def _provide_loop(self) -> None:
+        """Announce our capability tags as DHT provider records: on change, and before expiry."""
+        assert self._provide is not None
+        while True:
+            with trio.move_on_after(_PROVIDE_EVERY_S):
+                await self._provide_wake.wait()
+            self._provide_wake = trio.Event()
+            tags = self._caps[:_MAX_PROVIDED]
+            for tag in tags:
+                ok = False
+                with trio.move_on_after(_QUERY_TIMEOUT_S * 6):
+                    ok = await self._provide(capability_key(tag))
+                if ok:
+                    self.provided += 1
+                else:
+                    self.provide_failures += 1
+            self._provided = tags
 
     async def serve(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Answer summary requests and push our summary until cancelled."""
@@ -572,6 +629,8 @@ class Summaries:
         try:
             async with trio.open_nursery() as nursery:
                 await self._rebuild()
+                if self._provide is not None:
+                    nursery.start_soon(self._provide_loop)
                 task_status.started()
                 while True:
                     try:
@@ -626,6 +685,9 @@ class Summaries:
             "fp_estimate": self._fp_estimate(),
             "locate_queries": self.locate_queries,
             "find_queries": self.find_queries,
+            "found_via": dict(self.found_via),
+            "caps_provided": self.provided,
+            "provide_failures": self.provide_failures,
         }
 
 

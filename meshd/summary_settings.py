@@ -16,6 +16,7 @@ class SummarySettings:
     fp_rate: float = 0.01
     neighbour_bytes_per_s: float = 1024.0
     two_hop: bool = True
+    min_gap_s: float = 5.0
     tick_s: float = 0.5
     max_bytes: int = 4 * 1024 * 1024
     max_level_bits: int = 1 << 20

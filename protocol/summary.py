@@ -21,6 +21,7 @@ whose capability filter matches the tag, asked in turn with `hops` - 1.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -34,6 +35,8 @@ from protocol.records import NodeSummary, SummaryDelta
 
 __all__ = [
     "FIND_PROTOCOL",
+    "LOCATE",
+    "MAX_ANSWERS",
     "MAX_FIND_HOPS",
     "PUSH_DELTA",
     "PUSH_FULL",
@@ -41,6 +44,7 @@ __all__ = [
     "Found",
     "Located",
     "SummaryHistory",
+    "capability_key",
     "decode_ack",
     "decode_find",
     "decode_find_answer",
@@ -68,6 +72,11 @@ MIN_BITS: Final = 256  # smaller filters do worse than the formula (double hashi
 MAX_ANSWERS: Final = 64  # locate candidates, and agents per find answer
 MAX_TAG_LEN: Final = 64
 _SMALL_LIMITS: Final = DecodeLimits(max_size=64 * 1024, max_depth=4, max_str=4096, max_items=256)
+
+
+def capability_key(tag: str) -> str:
+    """The DHT provider key of a capability: hex sha2-256 multihash of "meshd/cap/" + tag."""
+    return (b"\x12\x20" + hashlib.sha256(b"meshd/cap/" + tag.encode()).digest()).hex()
 
 
 def hashes_for(fp_rate: float) -> int:

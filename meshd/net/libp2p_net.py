@@ -227,6 +227,27 @@ class Libp2pNetwork:
         self._counters["dht_puts"] += 1
         await self._dht.put_value(key, value)
 
+    async def dht_provide(self, key: str) -> bool:
+        """Announce this node as a provider of `key` (hex multihash) at the closest peers."""
+        self._counters["dht_provides"] += 1
+        try:
+            return bool(await self._dht.provide(key))
+        except Exception as exc:  # py-libp2p raises many kinds here; count and carry on
+            self._counters["dht_provide_errors"] += 1
+            log.debug("DHT provide %s failed: %s", key, exc)
+            return False
+
+    async def dht_find_providers(self, key: str, count: int = 20) -> list[str]:
+        """Peer ids of up to `count` providers of `key` (hex multihash); [] on failure."""
+        self._counters["dht_find_providers"] += 1
+        try:
+            found = await self._dht.find_providers(key, count)
+        except Exception as exc:  # as for dht_get: a lookup that fails finds nothing
+            self._counters["dht_find_providers_errors"] += 1
+            log.debug("DHT find_providers %s failed: %s", key, exc)
+            return []
+        return [info.peer_id.to_base58() for info in found]
+
     async def dht_get(self, key: str) -> bytes | None:
         """The best record under `key` in the DHT, or None (failures count, never raise)."""
         self._counters["dht_gets"] += 1

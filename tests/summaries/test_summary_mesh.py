@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 NODES = 10
 AGENTS = 24  # per node; more than the publisher's small spawn, so no DHT record is written
-MESSAGES = 60
+MESSAGES = 40
 FP_RATE = 0.05
 INTERVAL_S = 2.0
 ENV = daemon_env(

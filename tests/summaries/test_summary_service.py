@@ -104,7 +104,7 @@ def connect(a: FakeNet, b: FakeNet) -> None:
     b.peers.add(a.peer_id)
 
 
-SETTINGS = SummarySettings(interval_s=5.0, tick_s=0.5, neighbour_bytes_per_s=200.0)
+SETTINGS = SummarySettings(interval_s=5.0, tick_s=0.5, neighbour_bytes_per_s=200.0, min_gap_s=1.0)
 
 
 def node(wire: Wire, name: str, agents: int) -> tuple[Summaries, FakeRuntime, FakeNet]:
@@ -239,3 +239,32 @@ async def test_locate_requests_need_a_32_byte_id() -> None:
     assert decode_ack(answer) is None
     assert service.stats()["rejected"] == {"malformed": 1}
     assert SUMMARY_PROTOCOL == "/meshd/summary/1.0.0"
+
+
+async def test_find_falls_back_to_dht_providers(autojump_clock: trio.testing.MockClock) -> None:
+    """A node no summary reaches is found through the provider records of the tag."""
+    wire = Wire()
+    a, _, _ = node(wire, "a", 5)
+    far, rfar, nfar = node(wire, "far", 5)  # not connected to a at all
+    announced: dict[str, list[str]] = {}
+
+    async def provide(key: str) -> bool:
+        announced.setdefault(key, []).append(nfar.peer_id)
+        return True
+
+    async def find_providers(key: str, count: int) -> list[str]:
+        return announced.get(key, [])[:count]
+
+    far._provide = provide
+    a._find_providers = find_providers
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.serve)
+        await nursery.start(far.serve)
+        await trio.sleep(1)
+        assert far.stats()["caps_provided"] == 1  # its one tag, "translate"
+        found = await a.find("translate", 10)
+        tagged = {raw for raw, caps in rfar.agents.items() if caps}
+        assert {f.agent for f in found} >= tagged
+        assert {f.node for f in found if f.agent in tagged} == {nfar.peer_id}
+        assert a.stats()["found_via"]["dht"] == len(tagged)
+        nursery.cancel_scope.cancel()
