@@ -419,8 +419,13 @@ class Delivery:
                     # On the event loop, in arrival order: the window is not thread-safe.
                     replay.check(result.sender.raw, result.msg_id, result.expires_ms, now_ms)
                 except RemoteProtocolError as exc:
-                    entries.append(self._reject(batch.peer_id, msg.seq, exc))
-                    continue
+                    # An at-least-once message seen before is its sender retrying one whose
+                    # ACK it never got: the runtime's persistent dedupe answers it
+                    # (`delivered`, handled once), as it would after our restart.
+                    if msg.mode is not Mode.AT_LEAST_ONCE:
+                        entries.append(self._reject(batch.peer_id, msg.seq, exc))
+                        continue
+                    self.received["retried"] += 1
                 refusal = None if self.trust is None else await self.trust.admit(result)
                 if refusal is not None:
                     entries.append(self._reject(batch.peer_id, msg.seq, refusal_error(refusal)))

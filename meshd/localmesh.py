@@ -102,16 +102,24 @@ class LocalDaemon:
         *args: str,
         listen: str | None = LOOPBACK,
         env: dict[str, str] | None = None,
+        prefix: Sequence[str] = (),
     ) -> None:
-        """Start `meshd run` (not waiting for it to be ready); `args` are extra flags."""
+        """Start `meshd run` (not waiting for it to be ready); `args` are extra flags.
+
+        `prefix` goes before the command: `("ip", "netns", "exec", NAME)` runs the daemon in
+        a network namespace (the command execs, so the process is still the daemon).
+        """
         if self.proc is not None and self.proc.poll() is None:
             raise DaemonFailed(f"daemon {self.data_dir.name} is already running")
-        command = [sys.executable, "-m", "meshd", "run", "--data-dir", str(self.data_dir)]
+        command = [
+            *prefix,
+            *(sys.executable, "-m", "meshd", "run", "--data-dir", str(self.data_dir)),
+        ]
         if listen is not None:
             command += ["--listen", listen]
         self._terminated = False
         with self.log_path.open("ab") as log:
-            log.write(f"\n=== {' '.join(command[2:] + list(args))}\n".encode())
+            log.write(f"\n=== {' '.join(command[len(prefix) + 2 :] + list(args))}\n".encode())
             self.proc = subprocess.Popen(
                 [*command, *args],
                 stdin=subprocess.DEVNULL,

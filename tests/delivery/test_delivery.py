@@ -202,6 +202,30 @@ async def test_bad_envelopes_are_rejected_counted_and_answered(tmp_path: Path) -
         await stream.close()
 
 
+async def test_an_at_least_once_retry_is_answered_delivered_and_handled_once(
+    tmp_path: Path,
+) -> None:
+    # The sender lost our ACK (a partition, a broken stream) and sends the same message
+    # again: the answer must be `delivered` (else it gives up on a message we have), and
+    # the agent must not see it twice. At most once, the same copy is a replay.
+    async with running_nodes(tmp_path) as (a, b):
+        rec = await spawn(b, REC)
+        key = SigningKey.generate()
+        frame = Envelope.create(key, rec, "msg", "once", now_ms=wall_ms()).frame
+        stream = await raw_stream(a, b)
+        await stream.write(encode_msg(0, Mode.AT_LEAST_ONCE, frame))
+        assert (await read_acks(stream, 1))[0].outcome == "delivered"
+        await stream.write(encode_msg(1, Mode.AT_LEAST_ONCE, frame))
+        assert (await read_acks(stream, 1))[1].outcome == "delivered"
+        await stream.write(encode_msg(2, Mode.AT_MOST_ONCE, frame))
+        assert (await read_acks(stream, 1))[2].outcome == "rejected:replayed"
+        await until(lambda: len(kinds.RECEIVED) == 1, "the message handled")
+        await trio.sleep(0.2)
+        assert [body for _, _, body in kinds.RECEIVED] == ["once"]
+        assert b.runtime.stats_dict()["duplicates"] >= 1
+        await stream.close()
+
+
 async def test_garbage_resets_the_stream_and_the_node_keeps_serving(tmp_path: Path) -> None:
     async with running_nodes(tmp_path) as (a, b):
         rec = await spawn(b, REC)
