@@ -75,6 +75,18 @@ def render_top(
         f"totals     in {now['in']:.0f}  out {now['out']:.0f}  handled {now['handled']:.0f}",
         f"rejects    {rate('rejected')}  total {now['rejected']:.0f}",
     ]
+    busiest = status.get("busiest_agents") or []
+    if busiest:
+        # Rates where the previous refresh saw the same activation, totals otherwise.
+        earlier = {a["id"]: a["handled"] for a in (previous or {}).get("busiest_agents") or []}
+        lines.append("busiest    handled  agent")
+        for agent in busiest:
+            handled = agent.get("handled", 0)
+            if agent["id"] in earlier and elapsed > 0 and handled >= earlier[agent["id"]]:
+                figure = f"{(handled - earlier[agent['id']]) / elapsed:.1f}/s"
+            else:
+                figure = str(handled)
+            lines.append(f"           {figure:>8}  {agent['id']} ({agent.get('kind', '?')})")
     rejected = status.get("delivery", {}).get("rejected", {})
     for reason, count in sorted(rejected.items(), key=lambda kv: -kv[1])[:5]:
         lines.append(f"             {reason:<16} {count}")

@@ -153,6 +153,7 @@ class Node:
         }
         if self._runtime is not None:
             status["agents"] = self._runtime.counts()
+            status["busiest_agents"] = self._runtime.busiest()
             status["runtime"] = self._runtime.stats_dict()
         if self._delivery is not None:
             status["delivery"] = self._delivery.stats()

@@ -33,6 +33,7 @@ class Activation:
         "caps",
         "ctx",
         "done",
+        "handled",
         "idle",
         "inbox",
         "key",
@@ -69,6 +70,7 @@ class Activation:
         self.idle: trio.Event | None = None  # set when a running drain finishes
         self.stopping = False
         self.done = False
+        self.handled = 0  # messages handled since it activated (for `busiest`)
         self.key: SigningKey | None = None
         self.last_used = trio.current_time()
         self.ctx = AgentContext(runtime, self)

@@ -76,6 +76,9 @@ class ReplySlot:
         return self.message
 
 
+_SAVE_TIMEOUT_S = 10.0  # a state write that takes longer has failed
+
+
 def _encode_state(state: dict[str, Any]) -> bytes:
     try:
         return cbor2.dumps(state, canonical=True)
@@ -230,6 +233,7 @@ class IntakeMixin:
                     try:
                         await activation.behaviour.on_message(activation.ctx, message)
                         self.stats.handled += 1
+                        activation.handled += 1
                     except Exception:  # an agent's bug must not take the node down
                         self.stats.handler_errors += 1
                         log.exception(
@@ -261,15 +265,17 @@ class IntakeMixin:
             log.error("agent %s: state is not CBOR-encodable; not saved", activation.agent.did)
         changed = encoded is not None and encoded != activation.saved_state
         try:
-            await self.store.commit_delivery(
-                envelope.sender.raw,
-                envelope.msg_id,
-                envelope.expires_ms,
-                activation.agent.raw,
-                encoded if changed else None,
-                activation.state_version,
-                now_ms=self.clock(),
-            )
+            # Shielded, like _save_state: the write and our copy of its version go together.
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + _SAVE_TIMEOUT_S):
+                await self.store.commit_delivery(
+                    envelope.sender.raw,
+                    envelope.msg_id,
+                    envelope.expires_ms,
+                    activation.agent.raw,
+                    encoded if changed else None,
+                    activation.state_version,
+                    now_ms=self.clock(),
+                )
         except StoreError as exc:
             log.error("agent %s: delivery not committed: %s", activation.agent.did, exc)
             ack.finish("rejected:unavailable")
@@ -288,10 +294,14 @@ class IntakeMixin:
             return
         if encoded == activation.saved_state:
             return
-        activation.state_version = await self.store.save_state(
-            activation.agent.raw, encoded, activation.state_version, self.clock()
-        )
-        activation.saved_state = encoded
+        # Shielded: cancelled between the store's commit and this assignment (a shutdown),
+        # the activation would keep a stale version and its next save would conflict.
+        # Bounded: one group commit, and a deadline in case the store is gone.
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + _SAVE_TIMEOUT_S):
+            activation.state_version = await self.store.save_state(
+                activation.agent.raw, encoded, activation.state_version, self.clock()
+            )
+            activation.saved_state = encoded
 
     async def make_envelope(
         self,

@@ -19,6 +19,7 @@ names stay importable from here.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import logging
 import math
 from collections import OrderedDict
@@ -252,6 +253,15 @@ class Runtime(BoundaryMixin):
             "unclaimed_replies": self.stats.unclaimed_replies,
             "quota_refusals": dict(self.stats.quota_refusals),
         }
+
+    def busiest(self, limit: int = 5) -> list[dict[str, Any]]:
+        """The active agents that handled the most messages since they activated."""
+        top = heapq.nlargest(limit, self._active.values(), key=lambda act: act.handled)
+        return [
+            {"id": act.agent.did, "kind": act.kind, "handled": act.handled}
+            for act in top
+            if act.handled
+        ]
 
     def agent_ids(self) -> Iterator[bytes]:
         """The ids of every hosted agent (for summaries)."""

@@ -83,3 +83,21 @@ def test_top_prints_plain_lines_when_not_a_terminal(daemons: Daemons) -> None:
     assert result.returncode == 0, result.stderr
     assert "\x1b" not in result.stdout
     assert result.stdout.count("meshd top") == 2
+
+
+def test_top_shows_the_busiest_agents_with_their_rates() -> None:
+    from meshd.cli_top import render_top
+
+    before = {"busiest_agents": [{"id": "did:key:zA", "kind": "echo", "handled": 10}]}
+    now = {
+        "peer_id": "p",
+        "busiest_agents": [
+            {"id": "did:key:zA", "kind": "echo", "handled": 30},
+            {"id": "did:key:zB", "kind": "counter", "handled": 7},
+        ],
+    }
+    lines = render_top(now, before, elapsed=2.0, width=200)
+    text = "\n".join(lines)
+    assert "busiest" in text
+    assert "10.0/s  did:key:zA (echo)" in text  # 20 more in 2 s
+    assert "7  did:key:zB (counter)" in text  # new since the last refresh: its total

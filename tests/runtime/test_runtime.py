@@ -270,6 +270,18 @@ async def test_send_as_the_operator_and_wait_for_the_reply(tmp_path: Path) -> No
         assert gone["outcome"] == "not_here"
 
 
+async def test_busiest_lists_active_agents_by_messages_handled(tmp_path: Path) -> None:
+    async with running(tmp_path) as rt:
+        operator = await rt.operator()
+        ids = [AgentId.from_did(info["id"]) for info in await rt.spawn("counter", count=3)]
+        for agent, times in zip(ids, (1, 3, 2), strict=True):
+            for _ in range(times):
+                await rt.send_as(operator, agent, {"add": 1}, kind="req", wait=True)
+        busiest = rt.busiest(limit=2)
+        assert [(a["id"], a["handled"]) for a in busiest] == [(ids[1].did, 3), (ids[2].did, 2)]
+        assert busiest[0]["kind"] == "counter"
+
+
 async def test_concurrent_first_sends_share_one_operator(tmp_path: Path) -> None:
     # Many API requests arriving at once on a fresh node all ask for the operator first.
     async with running(tmp_path) as rt:
