@@ -594,10 +594,11 @@ AGENT_ENDPOINTS: tuple[Endpoint, ...] = (
         query=(
             QueryParam("state", description=f"Only agents in this state: {', '.join(_STATES)}."),
             QueryParam("kind", description="Only agents of this kind."),
-            QueryParam("limit", "integer", f"Page size, 1..{LIST_MAX} (default 100)."),
+            QueryParam("limit", "integer", "Page size, default 100.", minimum=1, maximum=LIST_MAX),
             QueryParam("after", description="Continue after this agent (the previous `next`)."),
         ),
-        errors=_BAD,
+        # 404: `after` names no agent (found by fuzzing: it was answered, but undocumented).
+        errors={**_BAD, 404: "`after` is a name no agent here has."},
     ),
     Endpoint(
         "GET",
@@ -669,8 +670,8 @@ AGENT_ENDPOINTS: tuple[Endpoint, ...] = (
         "InboxMessages",
         _read_inbox,
         query=(
-            QueryParam("wait", "number", f"Seconds to wait for a message, 0..{WAIT_MAX_S:g}."),
-            QueryParam("limit", "integer", f"Most messages to return, 1..{INBOX_MAX}."),
+            QueryParam("wait", "number", "Seconds to wait.", minimum=0, maximum=WAIT_MAX_S),
+            QueryParam("limit", "integer", "Most messages.", minimum=1, maximum=INBOX_MAX),
         ),
         errors=_EXTERNAL,
     ),
@@ -692,8 +693,8 @@ AGENT_ENDPOINTS: tuple[Endpoint, ...] = (
         "FindResult",
         _find,
         query=(
-            QueryParam("cap", description="The capability tag, 1..64 characters (required)."),
-            QueryParam("limit", "integer", f"Most agents to return, 1..{FIND_MAX} (default 100)."),
+            QueryParam("cap", "string", "The capability tag.", True, min_length=1, max_length=64),
+            QueryParam("limit", "integer", "Most agents, default 100", minimum=1, maximum=FIND_MAX),
         ),
         errors={**_BAD, 503: "The node hosts no agents or keeps no summaries."},
     ),

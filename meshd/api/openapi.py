@@ -136,6 +136,8 @@ _AGENT_SCHEMAS: dict[str, dict[str, Any]] = {
         "properties": {
             "kind": {
                 "type": "string",
+                "minLength": 1,
+                "maxLength": 256,
                 "description": "Built-in (echo, counter, relay, external), entry point, or "
                 "module:Class.",
             },
@@ -280,6 +282,8 @@ _AGENT_SCHEMAS: dict[str, dict[str, Any]] = {
         "properties": {
             "to": {
                 "type": "string",
+                "minLength": 1,
+                "maxLength": 128,
                 "description": "PeerID of the node to move the agent to (its addresses come "
                 "from the connected peers and the peerstore).",
             },
@@ -433,6 +437,21 @@ class QueryParam:
     type: Literal["string", "integer", "number", "boolean"] = "string"
     description: str = ""
     required: bool = False
+    # Bounds the handler enforces (400 outside them), so that clients and fuzzers know them.
+    minimum: float | None = None
+    maximum: float | None = None
+    min_length: int | None = None
+    max_length: int | None = None
+
+    def schema(self) -> dict[str, Any]:
+        """The JSON schema of the parameter's value."""
+        bounds = {
+            "minimum": self.minimum,
+            "maximum": self.maximum,
+            "minLength": self.min_length,
+            "maxLength": self.max_length,
+        }
+        return {"type": self.type, **{k: v for k, v in bounds.items() if v is not None}}
 
 
 class OperationSpec(Protocol):
@@ -481,7 +500,7 @@ def _operation(op: OperationSpec) -> dict[str, Any]:
             "in": "query",
             "required": q.required,
             "description": q.description,
-            "schema": {"type": q.type},
+            "schema": q.schema(),
         }
         for q in op.query
     ]
