@@ -38,7 +38,7 @@ from meshd.identity import (
     load_psk,
     refuse_insecure,
 )
-from meshd.paths import API_SOCKET, CONFIG_FILE, DB_FILE, NODE_KEY, PID_FILE, resolve_data_dir
+from meshd.paths import API_SOCKET, CONFIG_FILE, NODE_KEY, PID_FILE, resolve_data_dir
 
 if TYPE_CHECKING:
     import trio
@@ -243,67 +243,17 @@ async def _run_node(
     import trio
 
     from meshd.api.server import ApiServerError, serve_api
-    from meshd.delivery import Delivery
-    from meshd.metrics import NodeMetrics
-    from meshd.migration import Migrator
+    from meshd.build import build_node
     from meshd.net.types import NetworkError
-    from meshd.node import Node
-    from meshd.publisher import Publisher
-    from meshd.router import Router
-    from meshd.runtime.runtime import Runtime
-    from meshd.store import Store, StoreError
-    from meshd.summaries import Listeners, Summaries
-    from meshd.telemetry import Telemetry
-    from meshd.trust import Trust
-    from protocol.ids import SigningKey
+    from meshd.store import StoreError
 
     api = partial(serve_api, data_dir=directory, tcp=config.api_tcp)
     refused: list[BaseException] = []
     try:
-        # The store outlives the node's nursery: leaving it commits what is queued.
-        async with Store(directory / DB_FILE) as store:
-            runtime = Runtime(store, SigningKey(seed), config.agents)
-            summaries = Summaries(
-                runtime,
-                network,
-                config.summary,
-                provide=network.dht_provide,
-                find_providers=network.dht_find_providers,
-            )
-            router = Router(
-                runtime.hosts,
-                network.dht_get,
-                lookup_timeout_s=config.dht.lookup_timeout_s,
-                summaries=summaries,
-                exclude_s=config.summary.exclude_s,
-            )
-            delivery = Delivery(runtime, network, router=router, guard=guard)
-            publisher = Publisher(runtime, network.dht_put, network.listen_addrs)
-            trust = Trust(config.trust, runtime, network.dht_get)
-            await trust.load()
-            delivery.trust = trust
-            runtime.listener = Listeners(publisher, summaries)
-            migrator = Migrator(
-                runtime, network, publisher, router=router, policy=trust.migration_policy
-            )
-            telemetry = Telemetry(SigningKey(seed), network, runtime, delivery, config.telemetry)
-            # The collector reads node.status() at scrape time; two hooks feed histograms.
-            metrics = NodeMetrics(lambda: node.status())
-            router.observe_lookup = metrics.dht_lookup.observe
-            delivery.observe_latency = metrics.delivery_latency.observe
-            node = Node(
-                network,
-                api=api,
-                runtime=runtime,
-                delivery=delivery,
-                publisher=publisher,
-                migrator=migrator,
-                summaries=summaries,
-                metrics=metrics,
-                telemetry=telemetry,
-                trust=trust,
-                log_counters=counters,
-            )
+        # One composition for the daemon and simnet (meshd.build).
+        async with build_node(
+            network, directory, config, seed, guard, api=api, log_counters=counters
+        ) as node:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_on_signals, signals, node, nursery.cancel_scope)

@@ -115,14 +115,20 @@ def advertised_addrs(candidates: list[Any]) -> list[Any]:
 
 
 def build_host(
-    seed: bytes, limits: HostLimits | None, *, mdns: bool = False, psk: str | None = None
+    seed: bytes,
+    limits: HostLimits | None,
+    *,
+    mdns: bool = False,
+    psk: str | None = None,
+    transport: Any = None,
 ) -> Any:
     """A py-libp2p host for our node key: TCP, Noise only, yamux, our limits, no metrics.
 
     `limits=None` keeps py-libp2p's default `ConnectionConfig`; only the benchmark uses
     that, to measure what our settings change. `psk` (64 hex digits) makes a private
     network: py-libp2p's pnet wraps every raw connection in a Salsa20 stream keyed by it,
-    under Noise, so a node without the key fails the handshake.
+    under Noise, so a node without the key fails the handshake. `transport` (an
+    `ITransport`, e.g. simnet's `meshd.net.memory.MemoryTransport`) replaces TCP.
     """
     key_pair = key_pair_from_seed(seed)
     return new_host(
@@ -134,6 +140,7 @@ def build_host(
         enable_metrics=False,
         addrs_factory=advertised_addrs,
         psk=psk,
+        transports=None if transport is None else [transport],
     )
 
 

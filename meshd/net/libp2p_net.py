@@ -122,7 +122,8 @@ def _check_listen_addrs(addrs: Sequence[str]) -> None:
     splitting incoming connections between them, instead of failing. Our probe binds
     without SO_REUSEPORT, which fails against any listener, theirs included.
     """
-    failures = [(addr, _bind_error(addr)) for addr in addrs if not addr.endswith("/tcp/0")]
+    tcp = [addr for addr in addrs if "/tcp/" in addr and not addr.endswith("/tcp/0")]
+    failures = [(addr, _bind_error(addr)) for addr in tcp]
     reasons = [f"{addr}: {error}" for addr, error in failures if error]
     if reasons:
         raise NetworkError(f"cannot listen on {'; '.join(reasons)}")
@@ -146,11 +147,13 @@ class Libp2pNetwork:
         requests: RequestSettings | None = None,
         psk: str | None = None,
         guard: PeerGuard | None = None,
+        transport: Any = None,
     ) -> None:
         install_kad_protocol_id()
         self._listen = [Multiaddr(addr) for addr in listen]
         self._limits = limits or HostLimits()
-        self._host = build_host(seed, self._limits, mdns=mdns, psk=psk)
+        # `transport`: an ITransport instead of TCP (simnet's in-memory one, meshd.net.memory).
+        self._host = build_host(seed, self._limits, mdns=mdns, psk=psk, transport=transport)
         # Now, before any connection: Pubsub ignores connections made before it exists.
         self._topics = TopicService(self._host, gossip, wall_clock=wall_clock)
         self.validator = AgentRecordValidator(wall_clock)

@@ -1,0 +1,90 @@
+"""`build_node`: compose a node's services over a network, once, for the daemon and simnet.
+
+`meshd run` (`meshd.cli_daemon`) and simnet's in-process mode both build their nodes here,
+so that what simnet measures is the daemon's own composition: store, runtime, router,
+delivery, publisher, summaries, trust, migrator, telemetry and metrics, wired the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from meshd.config import Config
+from meshd.node import ApiRunner, Node
+from meshd.paths import DB_FILE
+
+__all__ = ["build_node"]
+
+
+@asynccontextmanager
+async def build_node(
+    network: Any,
+    directory: Path,
+    config: Config,
+    seed: bytes,
+    guard: Any,
+    *,
+    api: ApiRunner | None = None,
+    log_counters: Any = None,
+) -> AsyncIterator[Node]:
+    """The node for `network` with its data in `directory`; its store closes on exit."""
+    from meshd.delivery import Delivery
+    from meshd.metrics import NodeMetrics
+    from meshd.migration import Migrator
+    from meshd.publisher import Publisher
+    from meshd.router import Router
+    from meshd.runtime.runtime import Runtime
+    from meshd.store import Store
+    from meshd.summaries import Listeners, Summaries
+    from meshd.telemetry import Telemetry
+    from meshd.trust import Trust
+    from protocol.ids import SigningKey
+
+    # The store outlives the node's nursery: leaving it commits what is queued.
+    async with Store(directory / DB_FILE) as store:
+        runtime = Runtime(store, SigningKey(seed), config.agents)
+        summaries = Summaries(
+            runtime,
+            network,
+            config.summary,
+            provide=network.dht_provide,
+            find_providers=network.dht_find_providers,
+        )
+        router = Router(
+            runtime.hosts,
+            network.dht_get,
+            lookup_timeout_s=config.dht.lookup_timeout_s,
+            summaries=summaries,
+            exclude_s=config.summary.exclude_s,
+        )
+        delivery = Delivery(runtime, network, router=router, guard=guard)
+        publisher = Publisher(runtime, network.dht_put, network.listen_addrs)
+        trust = Trust(config.trust, runtime, network.dht_get)
+        await trust.load()
+        delivery.trust = trust
+        runtime.listener = Listeners(publisher, summaries)
+        migrator = Migrator(
+            runtime, network, publisher, router=router, policy=trust.migration_policy
+        )
+        telemetry = Telemetry(SigningKey(seed), network, runtime, delivery, config.telemetry)
+        # The collector reads node.status() at scrape time; two hooks feed histograms.
+        metrics = NodeMetrics(lambda: node.status())
+        router.observe_lookup = metrics.dht_lookup.observe
+        delivery.observe_latency = metrics.delivery_latency.observe
+        node = Node(
+            network,
+            api=api,
+            runtime=runtime,
+            delivery=delivery,
+            publisher=publisher,
+            migrator=migrator,
+            summaries=summaries,
+            metrics=metrics,
+            telemetry=telemetry,
+            trust=trust,
+            log_counters=log_counters,
+        )
+        yield node
