@@ -364,9 +364,10 @@ _KEYS: tuple[_Key, ...] = (
     ),
     _Key(
         "summary.two_hop",
-        True,
+        False,
         _bool,
-        "Also forward the union of the neighbours' level-1 filters (routes three hops out).",
+        "Also forward the union of the neighbours' level-1 filters (routes three hops out; "
+        "costs a bigger summary and more churn traffic).",
     ),
     _Key(
         "summary.min_push_gap_s",

@@ -94,6 +94,8 @@ class _Neighbour:
     in_flight: bool = False
     failures: int = 0  # pushes failed in a row
     last_push: float = -1e9
+    inbound: float | None = None  # allowance for its pushes to us, in bytes
+    inbound_at: float = 0.0
     hits: Counter[str] = field(default_factory=Counter)
 
 
@@ -315,6 +317,8 @@ class Summaries:
         if neighbour.banned_until > now:
             self.rejected["penalised"] += 1
             return encode_ack(None)
+        if not self._inbound_allowed(neighbour, size, now):
+            return self._reject(neighbour, "rate_limited", f"{size} bytes over its allowance")
         try:
             if kind == PUSH_FULL:
                 summary = NodeSummary.decode(body, self._limits)
@@ -345,6 +349,19 @@ class Summaries:
         self._levels_dirty = True
         self._wake.set()
         return encode_ack(summary.seq)
+
+    def _inbound_allowed(self, neighbour: _Neighbour, size: int, now: float) -> bool:
+        """Pushes from one neighbour may use four times our own per-neighbour budget."""
+        rate = 4 * self.settings.neighbour_bytes_per_s
+        burst = rate * self.settings.interval_s
+        if neighbour.inbound is None:
+            neighbour.inbound, neighbour.inbound_at = burst, now
+        neighbour.inbound = min(burst, neighbour.inbound + (now - neighbour.inbound_at) * rate)
+        neighbour.inbound_at = now
+        if neighbour.inbound <= 0:
+            return False
+        neighbour.inbound -= size  # one push may overdraw it, as on the sending side
+        return True
 
     def _max_filter_bits(self, summary: NodeSummary) -> int:
         """Filters far larger than the counts need are refused (a peer cannot make us hold MBs)."""

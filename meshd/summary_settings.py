@@ -15,7 +15,7 @@ class SummarySettings:
     interval_s: float = 30.0
     fp_rate: float = 0.01
     neighbour_bytes_per_s: float = 1024.0
-    two_hop: bool = True
+    two_hop: bool = False
     min_gap_s: float = 5.0
     tick_s: float = 0.5
     max_bytes: int = 4 * 1024 * 1024

@@ -84,11 +84,14 @@ def test_ten_nodes_route_by_summaries(mesh: list[LocalDaemon]) -> None:
     print(f"converged after {time.monotonic() - started:.1f} s")
 
     before = [_status(node)["router"] for node in mesh]
-    outcomes: dict[str, int] = {}
+    plan = []
     for _ in range(MESSAGES):
         sender = rng.randrange(NODES)
         target = rng.choice([i for i in range(NODES) if i != sender])
-        outcome = _send(mesh[sender], rng.choice(hosted[target]))
+        plan.append((mesh[sender], rng.choice(hosted[target])))
+    outcomes: dict[str, int] = {}
+    for origin, agent in plan:
+        outcome = _send(origin, agent)
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
     after = [_status(node)["router"] for node in mesh]
     print(f"messages sent after {time.monotonic() - started:.1f} s")

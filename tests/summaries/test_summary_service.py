@@ -104,7 +104,9 @@ def connect(a: FakeNet, b: FakeNet) -> None:
     b.peers.add(a.peer_id)
 
 
-SETTINGS = SummarySettings(interval_s=5.0, tick_s=0.5, neighbour_bytes_per_s=200.0, min_gap_s=1.0)
+SETTINGS = SummarySettings(
+    interval_s=5.0, tick_s=0.5, neighbour_bytes_per_s=200.0, min_gap_s=1.0, two_hop=True
+)
 
 
 def node(wire: Wire, name: str, agents: int) -> tuple[Summaries, FakeRuntime, FakeNet]:
@@ -230,6 +232,26 @@ async def test_invalid_summaries_are_rejected_counted_and_penalised() -> None:
     assert await push(_summary(peer, 9).encoded) is None  # ignored while banned
     assert service.stats()["rejected"]["penalised"] == 1
     assert service.candidates(AgentId(ids(10, "x")[0])) == []
+
+
+async def test_a_neighbour_pushing_too_fast_is_rate_limited(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    wire = Wire()
+    service, _, _ = node(wire, "me", 10)
+    peer = SigningKey.from_seed(b"\x09" * 32)
+    handler = service._on_summary_request
+    burst = 4 * SETTINGS.neighbour_bytes_per_s * SETTINGS.interval_s
+    seq, sent = 1, 0
+    while sent <= burst:
+        payload = encode_push(PUSH_FULL, _summary(peer, seq).encoded)
+        assert decode_ack(await handler(peer.node_id.text, payload)) == seq
+        seq, sent = seq + 1, sent + len(payload)
+    payload = encode_push(PUSH_FULL, _summary(peer, seq).encoded)
+    assert decode_ack(await handler(peer.node_id.text, payload)) is None
+    assert service.stats()["rejected"] == {"rate_limited": 1}
+    await trio.sleep(SETTINGS.interval_s)  # the allowance refills at its rate
+    assert decode_ack(await handler(peer.node_id.text, payload)) == seq
 
 
 async def test_locate_requests_need_a_32_byte_id() -> None:
