@@ -24,6 +24,7 @@ and retries are not built yet (see `send`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -101,13 +102,12 @@ class DeliverySettings:
 
 
 class _Job:
-    """A chunk of one inbound batch: verified in a thread, then delivered in order."""
+    """Messages of one or more inbound batches: verified in a thread, then delivered in order."""
 
-    __slots__ = ("batch", "done", "msgs", "results")
+    __slots__ = ("done", "items", "results")
 
-    def __init__(self, batch: InboundBatch, msgs: Sequence[Msg]) -> None:
-        self.batch = batch
-        self.msgs = msgs
+    def __init__(self, items: list[tuple[InboundBatch, Msg]]) -> None:
+        self.items = items
         self.results: list[Envelope | RemoteProtocolError] = []
         self.done = trio.Event()
 
@@ -358,32 +358,43 @@ class Delivery:
         jobs: trio.MemorySendChannel[_Job],
         nursery: trio.Nursery,
     ) -> None:
-        # Chunks small enough that one big read keeps both threads busy.
+        # Chunks small enough that one big read keeps both threads busy, and, when batches
+        # queue up (we are busy), as many of them as are waiting in each hand-off to the
+        # threads: a hand-off costs about as much as verifying a few messages.
         limit, threads = self._settings.verify_chunk, self._settings.verify_threads
         guard = self.guard
         async with jobs:
-            async for batch in batches:
-                msgs = batch.msgs
-                # Before any verification: a banned peer's batches in flight cost no more.
-                # (Peers over their rate are slowed where their streams are read.)
-                banned = guard.banned(batch.peer_id, trio.current_time())
-                granted = 0 if banned else len(msgs)
-                size = min(limit, max(8, math.ceil(granted / threads)))
+            async for first in batches:
+                now = trio.current_time()
+                items: list[tuple[InboundBatch, Msg]] = []
+                refused: list[tuple[InboundBatch, Msg]] = []
+                batch: InboundBatch | None = first
+                while batch is not None:
+                    # A banned peer's batches still in flight cost no verification. (Peers
+                    # over their rate are slowed where their streams are read.)
+                    into = refused if guard.banned(batch.peer_id, now) else items
+                    into.extend((batch, msg) for msg in batch.msgs)
+                    batch = None
+                    if len(items) < limit * threads:
+                        with contextlib.suppress(trio.WouldBlock):
+                            batch = batches.receive_nowait()
+                size = min(limit, max(8, math.ceil(len(items) / threads)))
                 now_ms = self._clock()
-                for start in range(0, granted, size):
-                    job = _Job(batch, msgs[start : min(start + size, granted)])
+                for start in range(0, len(items), size):
+                    job = _Job(items[start : start + size])
                     # Bounded: at most `verify_ahead` jobs wait in `jobs`, plus one being sent.
                     nursery.start_soon(self._verify, job, now_ms)
                     await jobs.send(job)
-                if granted < len(msgs):
-                    job = _Job(batch, msgs[granted:])
-                    job.results = [_BANNED] * len(job.msgs)
+                if refused:
+                    job = _Job(refused)
+                    job.results = [_BANNED] * len(refused)
                     job.done.set()
                     await jobs.send(job)
 
     async def _verify(self, job: _Job, now_ms: int) -> None:
+        msgs = [msg for _batch, msg in job.items]
         job.results = await trio.to_thread.run_sync(
-            self._check, job.msgs, now_ms, limiter=self._limiter
+            self._check, msgs, now_ms, limiter=self._limiter
         )
         job.done.set()
 
@@ -409,9 +420,12 @@ class Delivery:
         async for job in jobs:
             await job.done.wait()
             now_ms = self._clock()
-            batch = job.batch
-            entries: list[AckEntry] = []
-            for msg, result in zip(job.msgs, job.results, strict=True):
+            answers: dict[int, tuple[InboundBatch, list[AckEntry]]] = {}
+            for (batch, msg), result in zip(job.items, job.results, strict=True):
+                known = answers.get(id(batch))
+                if known is None:
+                    known = answers[id(batch)] = (batch, [])
+                entries = known[1]
                 if isinstance(result, RemoteProtocolError):
                     entries.append(self._reject(batch.peer_id, msg.seq, result))
                     continue
@@ -447,8 +461,9 @@ class Delivery:
                 if result.trace is not None:
                     trace_step("receive", result, peer=batch.peer_id, outcome=outcome)
                 entries.append(AckEntry(msg.seq, outcome))
-            if entries:
-                batch.ack(entries)
+            for batch, entries in answers.values():
+                if entries:
+                    batch.ack(entries)
 
     async def _deliver_reliable(self, batch: InboundBatch, seq: int, envelope: Envelope) -> None:
         try:
