@@ -248,7 +248,9 @@ class Delivery:
                 self.sent["no_location"] += 1
                 return DeliveryReport(envelope.msg_id, UNREACHABLE, "no known location")
             if route.path == "local":
-                refusal = None if self.trust is None else await self.trust.admit(envelope)
+                trust, refusal = self.trust, None
+                if trust is not None and trust.active:
+                    refusal = await trust.admit(envelope)
                 if refusal is not None:
                     self.sent["local:rejected:" + refusal] += 1
                     detail = refusal_error(refusal).detail
@@ -440,7 +442,10 @@ class Delivery:
                         entries.append(self._reject(batch.peer_id, msg.seq, exc))
                         continue
                     self.received["retried"] += 1
-                refusal = None if self.trust is None else await self.trust.admit(result)
+                # `active` first: the open mesh without lists pays two attribute reads.
+                trust, refusal = self.trust, None
+                if trust is not None and trust.active:
+                    refusal = await trust.admit(result)
                 if refusal is not None:
                     entries.append(self._reject(batch.peer_id, msg.seq, refusal_error(refusal)))
                     continue

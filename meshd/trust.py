@@ -123,6 +123,11 @@ class Trust:
 
     # -- admission ----------------------------------------------------------------------------
 
+    @property
+    def active(self) -> bool:
+        """Whether `admit` can refuse anything (false: the open policy and no lists at all)."""
+        return self._check_roots or bool(self._acls)
+
     async def admit(self, envelope: Envelope) -> str | None:
         """None if `envelope` may reach its agent, else why not (`denied` or `untrusted`)."""
         if not self._acls and not self._check_roots:
