@@ -1,0 +1,168 @@
+"""Processes mode: the scenario with real `meshd run` daemons on loopback.
+
+Each node is a daemon with its own data directory (`meshd.localmesh.LocalDaemon`), driven
+through its control API exactly as `meshd agent spawn` and `meshd send` drive it, so what
+is measured is the shipped program. The scenario's `node_config` becomes `MESHD_*`
+environment variables. Crash is SIGKILL, leave is SIGTERM, restart and join start the
+daemon again on its data directory. Partitions and link changes need the network between
+the daemons: this mode does not apply them (each is reported as skipped), because loopback
+has no per-pair links; network namespaces could, and are not used here.
+
+Blocking API calls run in trio worker threads (`trio.to_thread.run_sync`), bounded by
+trio's default thread limiter; every call has its own HTTP timeout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from meshd.config import env_name
+from meshd.localmesh import LocalDaemon, daemon_env
+from simnet.driver import Results, drive
+from simnet.scenario import Event, Scenario
+
+__all__ = ["ProcessesBackend", "run_processes"]
+
+NETWORK_FAULTS_SKIPPED = (
+    "processes mode: partitions and link changes are not applied (loopback has no "
+    "per-pair links; crash, restart, join and leave are)"
+)
+
+
+class ProcessesBackend:
+    """Runs scenario nodes as `meshd run` daemons; see the module docstring."""
+
+    mode = "processes"
+
+    def __init__(self, scenario: Scenario, root: Path) -> None:
+        self._scenario = scenario
+        self._daemons = [LocalDaemon(root / f"node{i}") for i in range(scenario.nodes)]
+        extra = {env_name(key): _env_value(value) for key, value in scenario.node_config.items()}
+        self._env = daemon_env(**extra)
+        self._up: set[int] = set()
+        self._initialised: set[int] = set()
+
+    async def start_node(self, node: int) -> None:
+        """Start (or restart) the daemon; return once its API answers."""
+        daemon = self._daemons[node]
+        if node not in self._initialised:
+            await trio.to_thread.run_sync(daemon.init)
+            self._initialised.add(node)
+        args: list[str] = []
+        for other in sorted(self._up):
+            if other != node:
+                args = ["--bootstrap", self._daemons[other].addrs[0]]
+                break
+        await trio.to_thread.run_sync(partial(daemon.start, *args, env=self._env))
+        await trio.to_thread.run_sync(daemon.wait_ready)
+        self._up.add(node)
+
+    async def stop_node(self, node: int, *, crash: bool) -> None:
+        """SIGKILL (crash) or SIGTERM and wait (leave)."""
+        daemon = self._daemons[node]
+        self._up.discard(node)
+        await trio.to_thread.run_sync(daemon.kill if crash else daemon.stop)
+
+    def is_up(self, node: int) -> bool:
+        """Whether the daemon runs (as far as the driver has started and stopped it)."""
+        return node in self._up
+
+    async def _call(self, node: int, fn: Callable[..., Any], *args: Any) -> Any:
+        return await trio.to_thread.run_sync(partial(fn, *args))
+
+    async def spawn(self, node: int, kind: str, count: int, caps: tuple[str, ...]) -> list[str]:
+        """`POST /v1/agents`."""
+        daemon = self._daemons[node]
+        answer = await self._call(
+            node, daemon.post, "/v1/agents", {"kind": kind, "count": count, "caps": list(caps)}
+        )
+        return [str(info["id"]) for info in answer["agents"]]
+
+    async def subscribe(self, node: int, agent: str, topic: str) -> None:
+        """`POST /v1/agents/{id}/subscribe`."""
+        daemon = self._daemons[node]
+        await self._call(node, daemon.post, f"/v1/agents/{agent}/subscribe", {"topic": topic})
+
+    async def send(
+        self,
+        node: int,
+        to: str,
+        body: Any,
+        *,
+        kind: str,
+        reliable: bool,
+        wait: bool,
+        timeout: float,
+    ) -> dict[str, Any]:
+        """`POST /v1/send` as the node's operator."""
+        daemon = self._daemons[node]
+        request = {
+            "to": to,
+            "body": body,
+            "kind": kind,
+            "reliable": reliable,
+            "wait": wait,
+            "timeout": timeout,
+        }
+        answer: dict[str, Any] = await self._call(
+            node, partial(daemon.post, timeout=timeout + 5.0), "/v1/send", request
+        )
+        return answer
+
+    async def publish(self, node: int, topic: str, body: Any) -> dict[str, Any]:
+        """`POST /v1/send` with a topic."""
+        daemon = self._daemons[node]
+        answer: dict[str, Any] = await self._call(
+            node, daemon.post, "/v1/send", {"topic": topic, "body": body}
+        )
+        return answer
+
+    async def network_fault(self, event: Event) -> str:
+        """Not applied in this mode (see the module docstring)."""
+        await trio.lowlevel.checkpoint()
+        return NETWORK_FAULTS_SKIPPED
+
+    async def status(self, node: int) -> dict[str, Any]:
+        """`GET /v1/status`."""
+        answer: dict[str, Any] = await self._call(node, self._daemons[node].get, "/v1/status")
+        return answer
+
+    def stop_all(self) -> None:
+        """SIGTERM every daemon, then wait for each (bounded); SIGKILL what remains."""
+        for daemon in self._daemons:
+            daemon.terminate()
+        for daemon in self._daemons:
+            if daemon.proc is None:
+                continue
+            try:
+                daemon.wait()
+            except Exception:  # did not stop in time: the kill below ends it
+                daemon.kill()
+
+
+def _env_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def run_processes(
+    scenario: Scenario,
+    events: list[Event],
+    root: Path,
+    seed: int,
+    progress: Callable[[float, str], None] | None = None,
+) -> Results:
+    """Run the scenario on daemons under `root`; stop them all, whatever happens."""
+    backend = ProcessesBackend(scenario, root)
+    try:
+        return trio.run(partial(drive, scenario, events, backend, progress=progress))
+    finally:
+        backend.stop_all()
