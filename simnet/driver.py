@@ -291,7 +291,10 @@ async def _drain(
         for (node, slot), entry in expected.items():
             count = await _count(backend, node, ids[node][slot])
             entry["count"] = count
-            if entry["reliable"] and (count is None or count < entry["accepted"]):
+            # A node that left for good has no count to wait for (reported as unverified).
+            waiting = count is None and backend.is_up(node)
+            short = count is not None and count < entry["accepted"]
+            if entry["reliable"] and (waiting or short):
                 pending = True
         if not pending:
             results.drained_after_s = trio.current_time() - start - scenario.duration_s

@@ -96,6 +96,8 @@ class _Notifee(INotifee):
 
 def _bind_error(addr: str) -> str | None:
     """Try to bind `addr` ourselves (no SO_REUSEPORT); return why it failed, or None."""
+    if "/tcp/" not in addr:
+        return None  # not a socket (simnet's /memory/<n>): nothing to probe
     maddr = Multiaddr(addr)
     names = [p.name for p in maddr.protocols()]
     family = socket.AF_INET6 if "ip6" in names else socket.AF_INET

@@ -152,7 +152,8 @@ class Links:
         return self._group_of.get(a, -1) != self._group_of.get(b, -1)
 
     def reset_node(self, node: int) -> int:
-        """Reset every connection of endpoint `node` (a crash as its peers see it)."""
+        """A crash of endpoint `node` as its peers see it: its listener and connections go."""
+        self._listeners.pop(node, None)
         return self._reset_where(lambda a, b: node in (a, b))
 
     def _reset_where(self, test: Any) -> int:
