@@ -28,7 +28,7 @@ def _ratio(rows: list[dict[str, Any]], first: int, last: int, key: str = "ratio"
         sent = sum(r["reliable_sent"] for r in chosen)
         ok = sum(r["reliable_ok"] for r in chosen)
     assert sent > 0, f"no messages in bins {first}..{last}"
-    return ok / sent
+    return float(ok) / float(sent)
 
 
 def test_smoke_scenario_through_the_cli(tmp_path: Path) -> None:
