@@ -345,7 +345,10 @@ class _MemoryListener(IListener):
         """Hand an inbound connection to the swarm (in its nursery); False if closed."""
         if self._number is None or self.background_nursery is None:
             return False
-        self.background_nursery.start_soon(self._serve, stream)
+        try:
+            self.background_nursery.start_soon(self._serve, stream)
+        except RuntimeError:  # the swarm's nursery is closing: the node is stopping
+            return False
         return True
 
     async def _serve(self, stream: MemoryStream) -> None:
