@@ -19,6 +19,8 @@ from simnet.driver import OK_OUTCOMES, Results, Sample
 
 __all__ = ["build_report", "summary_text", "write_plots", "write_report"]
 
+NOT_ATTEMPTED = ("down", "no_target")
+
 
 def _percentiles(values: list[float]) -> dict[str, float | None]:
     if not values:
@@ -69,7 +71,8 @@ def _timeline(samples: list[Sample], duration: float) -> list[dict[str, Any]]:
         {"t": i, "sent": 0, "ok": 0, "reliable_sent": 0, "reliable_ok": 0} for i in range(bins)
     ]
     for s in samples:
-        if s.kind not in ("direct", "request"):
+        # Not attempted: the sender was down, or the target's node had not joined yet.
+        if s.kind not in ("direct", "request") or s.outcome in NOT_ATTEMPTED:
             continue
         row = rows[min(bins - 1, int(s.at_s))]
         ok = s.outcome in OK_OUTCOMES
@@ -110,10 +113,12 @@ def build_report(
         chosen = [s for s in samples if pick(s)]
         outcomes = Counter(s.outcome for s in chosen)
         ok = sum(v for k, v in outcomes.items() if k in (*OK_OUTCOMES, "published"))
+        sent = sum(v for k, v in outcomes.items() if k not in NOT_ATTEMPTED)
         by_kind[name] = {
-            "sent": len(chosen),
+            "planned": len(chosen),
+            "sent": sent,
             "ok": ok,
-            "ratio": _ratio(ok, len(chosen)),
+            "ratio": _ratio(ok, sent),
             "outcomes": dict(sorted(outcomes.items())),
             "latency_ms": _percentiles([s.latency_s for s in chosen if s.latency_s is not None]),
         }
@@ -260,7 +265,8 @@ def _draw_faults(ax: Any, faults: list[dict[str, Any]], duration: float) -> None
             opened = None
         else:
             ax.axvline(at, color="grey", linestyle="--", linewidth=0.8)
-            ax.text(at, 1.02, f"{kind} {fault.get('nodes', '')}", fontsize=7, rotation=90)
+            nodes = ",".join(str(n) for n in fault.get("nodes", ()))
+            ax.text(at, 1.02, f"{kind} {nodes}".strip(), fontsize=7, rotation=90)
     if opened is not None:
         ax.axvspan(opened, duration, color="red", alpha=0.15, label="partition")
 
