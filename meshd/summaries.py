@@ -121,7 +121,10 @@ class Summaries:
         self.settings = settings or SummarySettings()
         self._clock = clock
         self._key = runtime.node_key
-        self._history = SummaryHistory()
+        # Rebuilds are spaced by a quarter of the push gap, so these versions span four gaps:
+        # a neighbour's acknowledged seq is still here when its next delta is due.
+        self._history = SummaryHistory(keep=16)
+        self._last_rebuild = -1e9
         self._neighbours: dict[str, _Neighbour] = {}
         self._dirty = True
         self._levels_dirty = False
@@ -594,9 +597,11 @@ class Summaries:
     async def _round(self, nursery: trio.Nursery, limiter: trio.CapacityLimiter) -> None:
         now = trio.current_time()
         self._sync_neighbours(now)
-        if self._dirty or self._levels_dirty or now >= self._next_check:
+        spaced = now - self._last_rebuild >= self.settings.min_gap_s / 4
+        if (spaced and (self._dirty or self._levels_dirty)) or now >= self._next_check:
             if now >= self._next_check:
                 self._next_check = now + self.settings.interval_s
+            self._last_rebuild = now
             await self._rebuild()
         for neighbour in self._neighbours.values():
             if not neighbour.connected or neighbour.in_flight or neighbour.retry_at > now:

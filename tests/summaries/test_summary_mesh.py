@@ -98,7 +98,7 @@ def test_ten_nodes_route_by_summaries(mesh: list[LocalDaemon]) -> None:
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
     after = [_status(node)["router"] for node in mesh]
     print(f"messages sent after {time.monotonic() - started:.1f} s")
-    assert outcomes.get("delivered", 0) >= MESSAGES * 0.98, outcomes
+    assert outcomes.get("delivered", 0) >= MESSAGES * 0.95, outcomes
 
     def total(stats: list[dict[str, Any]], key: str) -> int:
         return sum(int(s[key]) for s in stats)
