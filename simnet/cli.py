@@ -2,8 +2,9 @@
 
 In-process mode (default) runs every node in this process over the in-memory transport;
 `--virtual-time` runs it under trio's MockClock; `--processes` runs real `meshd run`
-daemons on loopback instead. Errors (a bad scenario file, an unwritable output directory)
-are one line `simnet: <reason>` and exit status 1.
+daemons on loopback instead (`--netns`: each in a network namespace, so partitions
+apply). Errors (a bad scenario file, an unwritable output directory) are one line
+`simnet: <reason>` and exit status 1.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def run_scenario(
     virtual_time: bool = False,
     progress: Callable[[float, str], None] | None = None,
     plots: bool = True,
+    netns: bool = False,
 ) -> dict[str, Any]:
     """Run `scenario` with `seed`; write report.json and plots under `out`; return the report."""
     from simnet.driver import Results
@@ -56,8 +58,10 @@ def run_scenario(
 
             if virtual_time:
                 raise ScenarioError("--virtual-time applies to the in-process mode only")
-            results = run_processes(scenario, events, root, seed, progress)
+            results = run_processes(scenario, events, root, seed, progress, netns=netns)
             clock = "real (wall clock, separate processes)"
+        elif netns:
+            raise ScenarioError("--netns applies to --processes only")
         else:
             from simnet.runner import run_in_process
 
@@ -106,6 +110,11 @@ def main() -> None:
     default=None,
     help="In-process only: trio's MockClock, idle time costs nothing [scenario's virtual_time].",
 )
+@click.option(
+    "--netns",
+    is_flag=True,
+    help="With --processes: each daemon in a network namespace, so partitions apply (root).",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def run_command(
     scenario_file: Path,
@@ -113,6 +122,7 @@ def run_command(
     out: Path | None,
     processes: bool,
     virtual_time: bool | None,
+    netns: bool,
     no_progress: bool,
 ) -> None:
     """Run a scenario and report delivery, latency, routes and summary traffic."""
@@ -131,10 +141,10 @@ def run_command(
     try:
         if no_progress:
             report = run_scenario(
-                scenario, seed=seed, out=out, processes=processes, virtual_time=vt
+                scenario, seed=seed, out=out, processes=processes, virtual_time=vt, netns=netns
             )
         else:
-            report = _with_progress(scenario, seed, out, processes, vt)
+            report = _with_progress(scenario, seed, out, processes, vt, netns)
     except ScenarioError as exc:
         raise SimnetError(str(exc)) from exc
     except OSError as exc:
@@ -146,7 +156,7 @@ def run_command(
 
 
 def _with_progress(
-    scenario: Scenario, seed: int, out: Path, processes: bool, vt: bool
+    scenario: Scenario, seed: int, out: Path, processes: bool, vt: bool, netns: bool
 ) -> dict[str, Any]:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -163,7 +173,13 @@ def _with_progress(
             bar.update(task, completed=min(1.0, fraction), what=what)
 
         return run_scenario(
-            scenario, seed=seed, out=out, processes=processes, virtual_time=vt, progress=progress
+            scenario,
+            seed=seed,
+            out=out,
+            processes=processes,
+            virtual_time=vt,
+            progress=progress,
+            netns=netns,
         )
 
 

@@ -5,8 +5,9 @@ through its control API exactly as `meshd agent spawn` and `meshd send` drive it
 is measured is the shipped program. The scenario's `node_config` becomes `MESHD_*`
 environment variables. Crash is SIGKILL, leave is SIGTERM, restart and join start the
 daemon again on its data directory. Partitions and link changes need the network between
-the daemons: this mode does not apply them (each is reported as skipped), because loopback
-has no per-pair links; network namespaces could, and are not used here.
+the daemons: on loopback they are not applied (each is reported as skipped). With `netns`
+(`--netns`, root) every daemon runs in a network namespace of its own (`simnet.netns`) and
+partitions and heals are real; link latency and loss changes are still skipped.
 
 Blocking API calls run in trio worker threads (`trio.to_thread.run_sync`), bounded by
 trio's default thread limiter; every call has its own HTTP timeout.
@@ -24,14 +25,16 @@ import trio
 from meshd.config import env_name
 from meshd.localmesh import LocalDaemon, daemon_env
 from simnet.driver import Results, drive
-from simnet.scenario import Event, Scenario
+from simnet.netns import NetnsError, NetnsLab, netns_available
+from simnet.scenario import Event, Scenario, ScenarioError
 
 __all__ = ["ProcessesBackend", "run_processes"]
 
 NETWORK_FAULTS_SKIPPED = (
     "processes mode: partitions and link changes are not applied (loopback has no "
-    "per-pair links; crash, restart, join and leave are)"
+    "per-pair links; crash, restart, join and leave are; --netns applies partitions)"
 )
+LINK_CHANGES_SKIPPED = "processes mode with --netns: link latency and loss changes need tc netem"
 
 
 class ProcessesBackend:
@@ -39,8 +42,9 @@ class ProcessesBackend:
 
     mode = "processes"
 
-    def __init__(self, scenario: Scenario, root: Path) -> None:
+    def __init__(self, scenario: Scenario, root: Path, netns: NetnsLab | None = None) -> None:
         self._scenario = scenario
+        self._netns = netns
         self._daemons = [LocalDaemon(root / f"node{i}") for i in range(scenario.nodes)]
         extra = {env_name(key): _env_value(value) for key, value in scenario.node_config.items()}
         self._env = daemon_env(**extra)
@@ -58,7 +62,17 @@ class ProcessesBackend:
             if other != node:
                 args = ["--bootstrap", self._daemons[other].addrs[0]]
                 break
-        await trio.to_thread.run_sync(partial(daemon.start, *args, env=self._env))
+        if self._netns is None:
+            start = partial(daemon.start, *args, env=self._env)
+        else:
+            start = partial(
+                daemon.start,
+                *args,
+                env=self._env,
+                listen=self._netns.listen(node),
+                prefix=self._netns.prefix(node),
+            )
+        await trio.to_thread.run_sync(start)
         await trio.to_thread.run_sync(daemon.wait_ready)
         self._up.add(node)
 
@@ -123,9 +137,17 @@ class ProcessesBackend:
         return answer
 
     async def network_fault(self, event: Event) -> str:
-        """Not applied in this mode (see the module docstring)."""
-        await trio.lowlevel.checkpoint()
-        return NETWORK_FAULTS_SKIPPED
+        """Partition and heal with namespaces; otherwise skipped (see the module docstring)."""
+        fault = event.fault
+        if self._netns is None or fault is None or fault.kind == "link":
+            await trio.lowlevel.checkpoint()
+            return NETWORK_FAULTS_SKIPPED if self._netns is None else LINK_CHANGES_SKIPPED
+        lab = self._netns
+        if fault.kind == "partition":
+            await trio.to_thread.run_sync(lab.partition, fault.groups)
+        else:
+            await trio.to_thread.run_sync(lab.heal)
+        return ""
 
     async def status(self, node: int) -> dict[str, Any]:
         """`GET /v1/status`."""
@@ -159,10 +181,23 @@ def run_processes(
     root: Path,
     seed: int,
     progress: Callable[[float, str], None] | None = None,
+    netns: bool = False,
 ) -> Results:
     """Run the scenario on daemons under `root`; stop them all, whatever happens."""
-    backend = ProcessesBackend(scenario, root)
+    lab: NetnsLab | None = None
+    if netns:
+        refused = netns_available()
+        if refused:
+            raise ScenarioError(f"--netns: {refused}")
+        lab = NetnsLab(scenario.nodes)
+    backend = ProcessesBackend(scenario, root, lab)
     try:
+        if lab is not None:
+            lab.create()
         return trio.run(partial(drive, scenario, events, backend, progress=progress))
+    except NetnsError as exc:
+        raise ScenarioError(f"--netns: {exc}") from exc
     finally:
         backend.stop_all()
+        if lab is not None:
+            lab.remove()
