@@ -435,6 +435,13 @@ _KEYS: tuple[_Key, ...] = (
         "Seconds a trusted verdict is cached (untrusted ones: 30 s, a record may appear).",
     ),
     _Key(
+        "trust.peer_lookups_per_s",
+        5.0,
+        _float(0.01, 10_000.0),
+        "trusted-roots: record lookups for unknown senders one peer's messages may cause "
+        "(burst: 10 s worth); beyond, untrusted.",
+    ),
+    _Key(
         "network.psk_file",
         "",
         _optional_path,
@@ -603,6 +610,7 @@ def _build(values: Mapping[str, Any]) -> Config:
             accept_migrations=values["trust.accept_migrations"],
             cache_size=values["trust.cache_size"],
             cache_ttl_s=values["trust.cache_ttl_s"],
+            peer_lookups_per_s=values["trust.peer_lookups_per_s"],
         ),
         psk_file=values["network.psk_file"],
     )

@@ -445,7 +445,7 @@ class Delivery:
                 # `active` first: the open mesh without lists pays two attribute reads.
                 trust, refusal = self.trust, None
                 if trust is not None and trust.active:
-                    refusal = await trust.admit(result)
+                    refusal = await trust.admit(result, batch.peer_id)
                 if refusal is not None:
                     entries.append(self._reject(batch.peer_id, msg.seq, refusal_error(refusal)))
                     continue

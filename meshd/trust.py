@@ -38,6 +38,7 @@ import trio
 
 from meshd.clock import WallClock, wall_ms
 from meshd.runtime.lifecycle import UnknownAgent
+from meshd.runtime.quota import TokenBucket
 from meshd.runtime.records import build_provenance
 from meshd.trust_settings import OPEN, POLICIES, TRUSTED_ROOTS, TrustSettings
 from protocol.envelope import Envelope
@@ -66,6 +67,8 @@ _META_INDEX = "acl"
 _META_PREFIX = "acl/"
 _DENIED = RejectReason.DENIED.value
 _UNTRUSTED = RejectReason.UNTRUSTED.value
+_BURST_S = 10.0  # a peer may spend this many seconds' worth of lookups at once
+_MAX_PEER_BUDGETS = 4096
 
 DhtGet = Callable[[str], Awaitable[bytes | None]]
 
@@ -119,6 +122,7 @@ class Trust:
         self._acls: dict[bytes, Acl] = {}
         self._verdicts: OrderedDict[bytes, tuple[str | None, float]] = OrderedDict()
         self._inflight: dict[bytes, trio.Event] = {}
+        self._budgets: OrderedDict[str, TokenBucket] = OrderedDict()  # per peer, LRU-bounded
         self.counts: Counter[str] = Counter()  # refused:<reason>, lookups, cache hits...
 
     # -- admission ----------------------------------------------------------------------------
@@ -128,8 +132,12 @@ class Trust:
         """Whether `admit` can refuse anything (false: the open policy and no lists at all)."""
         return self._check_roots or bool(self._acls)
 
-    async def admit(self, envelope: Envelope) -> str | None:
-        """None if `envelope` may reach its agent, else why not (`denied` or `untrusted`)."""
+    async def admit(self, envelope: Envelope, peer: str | None = None) -> str | None:
+        """None if `envelope` may reach its agent, else why not (`denied` or `untrusted`).
+
+        `peer` is the node that handed the message over (None: a local sender): the DHT
+        lookups its messages cause are paced per peer (`trust.peer_lookups_per_s`).
+        """
         if not self._acls and not self._check_roots:
             return None  # the open mesh without lists: nothing to check
         recipient = envelope.recipient
@@ -140,12 +148,12 @@ class Trust:
         if acl is not None and acl.refuses(sender):
             self.counts["refused:" + _DENIED] += 1
             return _DENIED
-        if self._check_roots and await self._verdict(sender) is not None:
+        if self._check_roots and await self._verdict(sender, peer) is not None:
             self.counts["refused:" + _UNTRUSTED] += 1
             return _UNTRUSTED
         return None
 
-    async def _verdict(self, sender: bytes) -> str | None:
+    async def _verdict(self, sender: bytes, peer: str | None) -> str | None:
         """The cached verdict on `sender`'s provenance, looked up once per expiry."""
         while True:
             cached = self._verdicts.get(sender)
@@ -157,6 +165,15 @@ class Trust:
             if waiting is None:
                 break
             await waiting.wait()  # another message of this sender is looking it up
+        # Lookups run on the ordered delivery loop: a peer sending from ever new agent ids
+        # would stall it for everyone. Over its budget: refused, and nothing is cached.
+        if (
+            peer is not None
+            and not self._runtime.hosts(AgentId(sender))
+            and not self._lookup_budget(peer).try_take(1, trio.current_time())
+        ):
+            self.counts["lookups_over_peer_budget"] += 1
+            return "the peer's budget of record lookups is spent"
         done = self._inflight[sender] = trio.Event()
         try:
             problem = await self._check_sender(AgentId(sender))
@@ -171,6 +188,16 @@ class Trust:
         if problem is not None:
             log.info("untrusted sender %s: %s", AgentId(sender).did, problem)
         return problem
+
+    def _lookup_budget(self, peer: str) -> TokenBucket:
+        bucket = self._budgets.get(peer)
+        if bucket is None:
+            rate = self.settings.peer_lookups_per_s
+            bucket = self._budgets[peer] = TokenBucket(rate, max(1.0, rate * _BURST_S))
+            while len(self._budgets) > _MAX_PEER_BUDGETS:
+                self._budgets.popitem(last=False)
+        self._budgets.move_to_end(peer)
+        return bucket
 
     async def _check_sender(self, sender: AgentId) -> str | None:
         """Why `sender`'s provenance is not rooted in a trusted node, or None if it is."""

@@ -23,7 +23,8 @@ class TrustSettings:
     cache_size: int = 10_000
     cache_ttl_s: float = 600.0
     miss_ttl_s: float = 30.0
-    lookup_timeout_s: float = 5.0
+    lookup_timeout_s: float = 2.0
+    peer_lookups_per_s: float = 5.0  # record lookups one peer's messages may cause
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -32,5 +33,5 @@ class TrustSettings:
             NodeId.from_text(root)  # raises ValueError naming the bad id
         if self.cache_size < 1 or self.cache_ttl_s <= 0 or self.miss_ttl_s <= 0:
             raise ValueError("trust cache size and lifetimes must be positive")
-        if self.lookup_timeout_s <= 0:
-            raise ValueError("lookup_timeout_s must be positive")
+        if self.lookup_timeout_s <= 0 or self.peer_lookups_per_s <= 0:
+            raise ValueError("lookup_timeout_s and peer_lookups_per_s must be positive")

@@ -161,6 +161,31 @@ async def test_trusted_roots_checks_provenance_from_records_and_caches(tmp_path:
         assert trust.counts["local_checks"] == 1
 
 
+async def test_lookups_are_paced_per_peer(tmp_path: Path) -> None:
+    """A peer relaying messages from ever new agent ids cannot stall delivery with lookups."""
+    trusted_node = SigningKey.generate()
+    senders = [foreign_agent(trusted_node) for _ in range(4)]
+    dht = FakeDht()
+    for _, record in senders:
+        dht.put(record)
+    async with local_runtime(tmp_path) as runtime:
+        settings = TrustSettings(
+            policy=TRUSTED_ROOTS, roots=(trusted_node.node_id.text,), peer_lookups_per_s=0.1
+        )
+        trust = Trust(settings, runtime, dht.get)
+        target = await one(runtime)
+        (first, _), (second, _), (third, _), (fourth, _) = senders
+        assert await trust.admit(message(first, target), "peer-p") is None  # burst of 1
+        assert await trust.admit(message(second, target), "peer-p") == "untrusted"
+        assert dht.gets == 1  # refused without a lookup
+        assert await trust.admit(message(third, target), "peer-q") is None  # its own budget
+        assert await trust.admit(message(first, target), "peer-p") is None  # cached: free
+        assert await trust.admit(message(fourth, target)) is None  # local hand-over: no budget
+        # The refusal was not cached: through a peer with budget, the second sender is admitted.
+        assert await trust.admit(message(second, target), "peer-r") is None
+        assert trust.counts["lookups_over_peer_budget"] == 1
+
+
 async def test_a_forged_record_is_untrusted(tmp_path: Path) -> None:
     trusted_node = SigningKey.generate()
     friend, record = foreign_agent(trusted_node)
