@@ -95,6 +95,7 @@ class Results:
     drained_after_s: float | None = None
     settle_s: float = 0.0
     agents_total: int = 0
+    notes: list[str] = field(default_factory=list)
 
 
 async def drive(

@@ -26,7 +26,7 @@ from meshd.config import env_name
 from meshd.localmesh import LocalDaemon, daemon_env
 from simnet.driver import Results, drive
 from simnet.netns import NetnsError, NetnsLab, netns_available
-from simnet.scenario import Event, Scenario, ScenarioError
+from simnet.scenario import Event, LinkModel, Scenario, ScenarioError
 
 __all__ = ["ProcessesBackend", "run_processes"]
 
@@ -194,7 +194,14 @@ def run_processes(
     try:
         if lab is not None:
             lab.create()
-        return trio.run(partial(drive, scenario, events, backend, progress=progress))
+        results = trio.run(partial(drive, scenario, events, backend, progress=progress))
+        if scenario.links != LinkModel():
+            results.notes.append(
+                "processes mode: the [links] model (latency, jitter, loss, bandwidth, regions) "
+                "is not applied; daemons talk over "
+                + ("namespace veths" if lab is not None else "loopback")
+            )
+        return results
     except NetnsError as exc:
         raise ScenarioError(f"--netns: {exc}") from exc
     finally:

@@ -179,6 +179,7 @@ def build_report(
             ),
         },
         "faults": results.faults,
+        "notes": results.notes,
         "timeline": _timeline(samples, scenario.duration_s),
         "counts": results.counts,
         "events": events if events is not None else [],
@@ -316,4 +317,5 @@ def summary_text(report: dict[str, Any]) -> str:
     skipped = [f for f in report["faults"] if f.get("skipped")]
     for fault in skipped:
         lines.append(f"  skipped {fault['kind']} at {fault['at_s']} s: {fault['skipped']}")
+    lines.extend(f"  note: {note}" for note in report.get("notes", []))
     return "\n".join(lines)
