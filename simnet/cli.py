@@ -139,6 +139,7 @@ def run_command(
     click.echo(f"simnet: scenario {scenario.name}, seed {seed}, mode {mode}", err=True)
     _quiet_logs()
     try:
+        out.mkdir(parents=True, exist_ok=True)  # refuse an unwritable --out before the run
         if no_progress:
             report = run_scenario(
                 scenario, seed=seed, out=out, processes=processes, virtual_time=vt, netns=netns
@@ -149,6 +150,8 @@ def run_command(
         raise SimnetError(str(exc)) from exc
     except OSError as exc:
         raise SimnetError(f"{exc.strerror or exc}: {getattr(exc, 'filename', '')}") from exc
+    except KeyboardInterrupt:
+        raise SimnetError("interrupted; no report written") from None
     from simnet.report import summary_text
 
     click.echo(summary_text(report))
