@@ -45,7 +45,7 @@ CHECKS = [
     response_schema_conformance,
 ]
 CAMPAIGN = os.environ.get("MESHD_FUZZ_EXAMPLES")
-EXAMPLES = max(1, int(CAMPAIGN) // 6) if CAMPAIGN else 15
+EXAMPLES = max(1, int(CAMPAIGN) // 6) if CAMPAIGN else 12
 # Fields that make a request wait (long polls, replies): clamped so no call holds the run.
 _WAITS = {"wait": 0.2, "timeout": 0.2, "wait_s": 0.2}
 
