@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import random
 import subprocess
 import sys
@@ -35,10 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import trio
 
 SIZES = ((10, 5_000), (50, 25_000), (100, 50_000), (200, 100_000))
-IDLE_S = float(os.environ.get("SIMNET_BENCH_IDLE_S", "10"))
-LOAD_S = 10.0
+# Simulated seconds of each phase (--settle-s, --idle-s, --load-s override them).
+PHASES = {"settle_s": 10.0, "idle_s": 10.0, "load_s": 10.0}
 LOAD_RATE = 100.0  # messages per simulated second, mesh-wide
-SETTLE_S = 10.0
 ONE_RUN_TIMEOUT_S = 1500.0
 
 
@@ -50,13 +48,14 @@ def _rss_bytes() -> int:
     return 0
 
 
-async def _measure(nodes: int, agents: int, root: Path) -> dict[str, Any]:
+async def _measure(nodes: int, agents: int, root: Path, phases: dict[str, float]) -> dict[str, Any]:
     from simnet.inprocess import in_process
     from simnet.scenario import parse_scenario
 
-    scenario = parse_scenario({"nodes": nodes, "duration_s": LOAD_S, "agents": []})
+    settle_s, idle_s, load_s = phases["settle_s"], phases["idle_s"], phases["load_s"]
+    scenario = parse_scenario({"nodes": nodes, "duration_s": load_s, "agents": []})
     rng = random.Random(1)
-    out: dict[str, Any] = {"nodes": nodes, "agents": agents}
+    out: dict[str, Any] = {"nodes": nodes, "agents": agents, **phases}
     rss0 = _rss_bytes()
     wall = time.perf_counter()
     async with in_process(scenario, root, seed=1) as backend:
@@ -68,7 +67,7 @@ async def _measure(nodes: int, agents: int, root: Path) -> dict[str, Any]:
             ids = await backend.spawn(node, "counter", per_node, ())
             targets.extend((node, agent) for agent in ids[:5])
         out["start_real_s"] = round(time.perf_counter() - wall, 2)
-        await trio.sleep(SETTLE_S)  # joins, walks, first summaries
+        await trio.sleep(settle_s)  # joins, walks, first summaries
         rss = _rss_bytes() - rss0
         out["rss_mb"] = round(rss / 2**20, 1)
         out["kb_per_node"] = round(rss / nodes / 1024, 1)
@@ -77,8 +76,8 @@ async def _measure(nodes: int, agents: int, root: Path) -> dict[str, Any]:
         out["peers_min_median"] = [min(peers), sorted(peers)[len(peers) // 2]]
 
         t_sim, t_real = trio.current_time(), time.perf_counter()
-        await trio.sleep(IDLE_S)
-        out["idle_real_s_per_sim_s"] = round((time.perf_counter() - t_real) / IDLE_S, 3)
+        await trio.sleep(idle_s)
+        out["idle_real_s_per_sim_s"] = round((time.perf_counter() - t_real) / idle_s, 3)
 
         sent = ok = 0
         t_sim, t_real = trio.current_time(), time.perf_counter()
@@ -97,7 +96,7 @@ async def _measure(nodes: int, agents: int, root: Path) -> dict[str, Any]:
 
         async with trio.open_nursery() as sends:
             next_at = t_sim
-            while trio.current_time() - t_sim < LOAD_S:
+            while trio.current_time() - t_sim < load_s:
                 next_at += rng.expovariate(LOAD_RATE)
                 await trio.sleep_until(next_at)
                 token = object()
@@ -112,7 +111,7 @@ async def _measure(nodes: int, agents: int, root: Path) -> dict[str, Any]:
     return out
 
 
-def _one(nodes: int, agents: int) -> dict[str, Any]:
+def _one(nodes: int, agents: int, phases: dict[str, float]) -> dict[str, Any]:
     import libp2p  # noqa: F401  (resets its logger on import: quiet it after)
 
     from simnet.runner import virtual_clock
@@ -120,7 +119,7 @@ def _one(nodes: int, agents: int) -> dict[str, Any]:
     logging.basicConfig(level=logging.CRITICAL)
     logging.getLogger("libp2p").setLevel(logging.CRITICAL)
     with tempfile.TemporaryDirectory(prefix="simnet-bench-") as tmp, virtual_clock() as clock:
-        result: dict[str, Any] = trio.run(_measure, nodes, agents, Path(tmp), clock=clock)
+        result: dict[str, Any] = trio.run(_measure, nodes, agents, Path(tmp), phases, clock=clock)
     return result
 
 
@@ -129,17 +128,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--one", nargs=2, type=int, metavar=("NODES", "AGENTS"))
     parser.add_argument("--sizes", default=",".join(f"{n}:{a}" for n, a in SIZES))
+    for phase, default in PHASES.items():
+        parser.add_argument(f"--{phase.replace('_', '-')}", type=float, default=default)
     args = parser.parse_args()
+    phases = {phase: float(getattr(args, phase)) for phase in PHASES}
     if args.one:
-        print(json.dumps(_one(*args.one)))
+        nodes, agents = args.one
+        print(json.dumps(_one(nodes, agents, phases)))
         return
+    flags = [f"--{p.replace('_', '-')}={v}" for p, v in phases.items()]
     sizes = [tuple(int(x) for x in item.split(":")) for item in args.sizes.split(",")]
-    print("simnet bench: in-process, virtual time (trio MockClock, libp2p clocks redirected)")
+    print(
+        "simnet bench: in-process, virtual time (trio MockClock, libp2p clocks redirected); "
+        f"simulated seconds per phase {phases}"
+    )
     rows: list[dict[str, Any]] = []
     for nodes, agents in sizes:
         try:
             proc = subprocess.run(
-                [sys.executable, __file__, "--one", str(nodes), str(agents)],
+                [sys.executable, __file__, "--one", str(nodes), str(agents), *flags],
                 capture_output=True,
                 text=True,
                 timeout=ONE_RUN_TIMEOUT_S,
