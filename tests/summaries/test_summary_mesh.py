@@ -1,18 +1,18 @@
-"""Ten real daemons on loopback: routing without the DHT, capability search, churn."""
+"""Ten real daemons on loopback: routing without the DHT, capability search, churn, and the
+mesh-wide estimates of `meshd status --mesh` (one mesh for both: ten daemons take a while to
+start and converge on two cores)."""
 
 from __future__ import annotations
 
 import json
 import random
 import time
-from typing import TYPE_CHECKING, Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
 from meshd.localmesh import LocalDaemon, daemon_env, meshd_command, wait_until
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +27,7 @@ ENV = daemon_env(
     MESHD_DHT_JOIN_JITTER_S="0.5",
     # Less background work (DHT walks, telemetry) on a machine that runs ten daemons at once.
     MESHD_DHT_FAST_WALK_S="5",
-    MESHD_TELEMETRY_INTERVAL_S="30",
+    MESHD_TELEMETRY_INTERVAL_S="2",
 )
 
 
@@ -47,9 +47,10 @@ def _converged(nodes: list[LocalDaemon]) -> bool:
     return True
 
 
-@pytest.fixture
-def mesh(tmp_path: Path) -> Any:
-    nodes = [LocalDaemon(tmp_path / f"n{i}") for i in range(NODES)]
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    root = tmp_path_factory.mktemp("mesh")
+    nodes = [LocalDaemon(root / f"n{i}") for i in range(NODES)]
     try:
         for node in nodes:
             node.init()
@@ -93,9 +94,10 @@ def test_ten_nodes_route_by_summaries(mesh: list[LocalDaemon]) -> None:
         target = rng.choice([i for i in range(NODES) if i != sender])
         plan.append((mesh[sender], rng.choice(hosted[target])))
     outcomes: dict[str, int] = {}
-    for origin, agent in plan:
-        outcome = _send(origin, agent)
-        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    # In parallel: each send is an API request to a daemon sharing two cores with nine more.
+    with ThreadPoolExecutor(8) as pool:
+        for outcome in pool.map(lambda step: _send(*step), plan):
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
     after = [_status(node)["router"] for node in mesh]
     print(f"messages sent after {time.monotonic() - started:.1f} s")
     assert outcomes.get("delivered", 0) >= MESSAGES * 0.95, outcomes
@@ -155,3 +157,27 @@ def test_ten_nodes_route_by_summaries(mesh: list[LocalDaemon]) -> None:
         )
 
     wait_until(forgotten, timeout=5 * INTERVAL_S + 10, what="delete reaches node 0")
+
+
+def test_status_mesh_estimates_agents_and_nodes(mesh: list[LocalDaemon]) -> None:
+    # However many agents the routing test left (spawned, tagged, churned), the truth is
+    # the sum of the nodes' own counts; the estimate comes from gossiped sketches.
+    truth = sum(_status(node)["agents"]["total"] for node in mesh)
+    assert truth >= NODES * AGENTS
+
+    def converged() -> dict[str, Any] | None:
+        result = meshd_command("status", "--mesh", "--json", "--data-dir", str(mesh[-1].data_dir))
+        assert result.returncode == 0, result.stderr
+        estimates: dict[str, Any] = json.loads(result.stdout)["mesh"]
+        complete = estimates["nodes_reporting"] == NODES and estimates["agents_reported"] == truth
+        within = abs(estimates["agents"] - truth) <= 3 * estimates["agents_error"] * truth
+        return estimates if complete and within else None
+
+    estimates = wait_until(converged, timeout=60, interval=1.0, what="mesh estimates converge")
+    # The sketch's stated error: 3 standard errors (99.7%), for agents and for nodes.
+    assert estimates["agents_bound"][0] <= truth <= estimates["agents_bound"][1]
+    assert abs(estimates["nodes"] - NODES) <= 3 * estimates["nodes_error"] * NODES
+    print(f"agents: estimate {estimates['agents']} truth {truth}; nodes {estimates['nodes']}")
+    text = meshd_command("status", "--mesh", "--data-dir", str(mesh[0].data_dir))
+    assert text.returncode == 0, text.stderr
+    assert "std error" in text.stdout
