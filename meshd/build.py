@@ -31,6 +31,8 @@ async def build_node(
     log_counters: Any = None,
 ) -> AsyncIterator[Node]:
     """The node for `network` with its data in `directory`; its store closes on exit."""
+    import trio
+
     from meshd.delivery import Delivery
     from meshd.metrics import NodeMetrics
     from meshd.migration import Migrator
@@ -61,6 +63,9 @@ async def build_node(
             exclude_s=config.summary.exclude_s,
         )
         delivery = Delivery(runtime, network, router=router, guard=guard)
+        summaries.on_invalid = lambda peer: delivery.guard.penalise(
+            peer, "bad_summary", trio.current_time()
+        )
         publisher = Publisher(runtime, network.dht_put, network.listen_addrs)
         trust = Trust(config.trust, runtime, network.dht_get)
         await trust.load()

@@ -199,7 +199,9 @@ class Router:
         self._handed.move_to_end((agent.raw, peer_id))
         while len(self._handed) > _HANDED_MAX:
             self._handed.popitem(last=False)
-        if not addrs and self.summaries is not None:
+        if not addrs and path != "summary" and self.summaries is not None:
+            # A direct neighbour is connected (or in the peerstore, which a dial uses):
+            # no addresses needed, and reading them costs more than routing (every message).
             addrs = self.summaries.addrs_of(peer_id)
         return Route(path, peer_id, addrs)
 

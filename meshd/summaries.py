@@ -113,6 +113,8 @@ class Summaries:
         find_providers: FindProviders | None = None,
     ) -> None:
         self._runtime = runtime
+        # Told the peer id of each invalid summary (the node's PeerGuard penalises it).
+        self.on_invalid: Callable[[str], object] | None = None
         self._provide = provide
         self._find_providers = find_providers
         self._provided: tuple[str, ...] = ()
@@ -375,6 +377,8 @@ class Summaries:
     def _reject(self, neighbour: _Neighbour, reason: str, detail: str) -> bytes:
         self.rejected[reason] += 1
         neighbour.rejects += 1
+        if self.on_invalid is not None:
+            self.on_invalid(neighbour.peer_id)  # the node's peer guard scores it too
         log.info("summary from %s rejected (%s): %s", neighbour.peer_id, reason, detail)
         if neighbour.rejects >= self.settings.penalty_after:
             # A peer that keeps sending bad summaries loses its say in our routing for a while.

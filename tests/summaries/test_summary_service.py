@@ -10,6 +10,7 @@ from typing import Any
 import trio
 import trio.testing
 
+from meshd.guard import PeerGuard
 from meshd.net.types import PeerSnapshot, RequestError, RequestHandler
 from meshd.summaries import Summaries, SummarySettings
 from protocol.bloom import BloomFilter
@@ -205,6 +206,8 @@ async def test_invalid_summaries_are_rejected_counted_and_penalised() -> None:
     other = SigningKey.from_seed(b"\x0a" * 32)
     handler = service._on_summary_request
     pid = peer.node_id.text
+    guard = PeerGuard()
+    service.on_invalid = lambda who: guard.penalise(who, "bad_summary", trio.current_time())
 
     async def push(summary_bytes: bytes) -> int | None:
         return decode_ack(await handler(pid, encode_push(PUSH_FULL, summary_bytes)))
@@ -232,6 +235,8 @@ async def test_invalid_summaries_are_rejected_counted_and_penalised() -> None:
     assert await push(_summary(peer, 9).encoded) is None  # ignored while banned
     assert service.stats()["rejected"]["penalised"] == 1
     assert service.candidates(AgentId(ids(10, "x")[0])) == []
+    # The node's peer guard scored each invalid summary against the peer too.
+    assert guard.stats(trio.current_time())["penalties"] == {"bad_summary": 5}
 
 
 async def test_a_neighbour_pushing_too_fast_is_rate_limited(
