@@ -157,6 +157,8 @@ class StatusCollector(Collector):
             yield from self._runtime(status.get("agents", {}), status["runtime"])
         if "delivery" in status:
             yield from self._delivery(status["delivery"], status.get("router", {}))
+            if "guard" in status["delivery"]:
+                yield from self._guard(status["delivery"]["guard"])
         if "publisher" in status:
             family = _counter("meshd_records_published", "Agent records put in the DHT.", ("kind",))
             _labelled(family, status["publisher"].get("published"))
@@ -252,6 +254,37 @@ class StatusCollector(Collector):
             family = _counter(name, doc)
             if _single(family, router.get(key)):
                 yield family
+
+    def _guard(self, guard: Mapping[str, Any]) -> Iterator[Metric]:
+        family = _counter(
+            "meshd_rate_limited_messages",
+            "Messages refused for their sending agent's rate.",
+            ("scope",),
+        )
+        _labelled(family, {"agent": guard.get("rate_limited_agent", 0)})
+        yield family
+        family = _counter("meshd_peer_throttled_batches", "Batches read late: peer over its rate.")
+        if _single(family, guard.get("throttled_batches", 0)):
+            yield family
+        family = _counter(
+            "meshd_peer_throttled_seconds", "Time peers' streams waited for their rate."
+        )
+        if _single(family, guard.get("throttled_ms", 0) / 1000):
+            yield family
+        family = _counter(
+            "meshd_peer_penalties", "Penalised peer misbehaviour, by reason.", ("reason",)
+        )
+        _labelled(family, guard.get("penalties"))
+        yield family
+        family = _counter("meshd_peer_bans", "Peers banned.")
+        if _single(family, guard.get("bans", 0)):
+            yield family
+        family = _gauge("meshd_peers_banned", "Peers banned now.")
+        if _single(family, len(guard.get("banned", ()))):
+            yield family
+        family = _gauge("meshd_limit", "Abuse limits in force (limits.* keys).", ("limit",))
+        _labelled(family, guard.get("limits"))
+        yield family
 
     def _migration(self, migration: Mapping[str, Any]) -> Iterator[Metric]:
         family = _counter(

@@ -29,6 +29,7 @@ from meshd.net.types import NetEvent
 from protocol.envelope import Envelope
 from protocol.frames import MSG_PROTOCOL_ID, FrameDecoder, Mode, encode_msg
 from protocol.ids import AgentId, SigningKey
+from tests.observability.test_metrics import scrape
 
 if TYPE_CHECKING:
     from tests.node.conftest import Daemon, Daemons
@@ -182,4 +183,7 @@ def test_flooder_is_rate_limited_then_banned_and_honest_traffic_flows(daemons: D
     assert len(guard["banned"]) == 1
     assert sum(guard["penalties"].values()) > 0
     assert flooder.ended not in ("", "stopped")  # the receiver dropped it
+    metrics = scrape(receiver)  # and says so in its metrics
+    assert metrics["meshd_peer_bans_total{}"] == 1
+    assert metrics["meshd_peer_throttled_batches_total{}"] > 0
     assert _honest_rate(sender, gen, sinks) > 0  # and the honest peers still talk

@@ -80,6 +80,10 @@ def test_metrics_move_with_traffic(daemons: Daemons) -> None:
     # Each node exchanges telemetry with the other (interval 5 s by default: not waited for).
     assert "meshd_mesh_agents_estimate{}" in after_b
     assert b.get("/v1/status")["loop"]["loop_lag_s"] >= 0
+    # The abuse limits in force, and their counters (zero here: nobody misbehaved).
+    assert after_b["meshd_limit{limit=peer_msgs_per_s}"] == 20_000
+    assert after_b["meshd_peer_bans_total{}"] == 0
+    assert after_b["meshd_peers_banned{}"] == 0
 
 
 def trace_steps(daemon: Daemon, trace: str) -> list[str]:
