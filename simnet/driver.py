@@ -96,6 +96,7 @@ class Results:
     settle_s: float = 0.0
     agents_total: int = 0
     notes: list[str] = field(default_factory=list)
+    transport: dict[str, int] = field(default_factory=dict)  # in-process: the link counters
 
 
 async def drive(

@@ -178,6 +178,13 @@ def build_report(
                 else None
             ),
         },
+        # Every byte the memory transport carried (Noise, yamux, DHT, gossip, summaries).
+        "transport": results.transport,
+        "transport_bytes_per_message": (
+            round(results.transport["bytes"] / messages, 1)
+            if messages and results.transport.get("bytes")
+            else None
+        ),
         "faults": results.faults,
         "notes": results.notes,
         "timeline": _timeline(samples, scenario.duration_s),

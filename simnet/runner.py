@@ -36,7 +36,9 @@ async def simulate(
 ) -> Results:
     """The scenario's nodes under this task; what the driver measured."""
     async with in_process(scenario, root, seed) as backend:
-        return await drive(scenario, events, backend, progress=progress)
+        results = await drive(scenario, events, backend, progress=progress)
+        results.transport = dict(backend.links.counters)
+        return results
 
 
 def run_in_process(
