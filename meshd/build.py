@@ -41,6 +41,7 @@ async def build_node(
     from meshd.runtime.runtime import Runtime
     from meshd.store import Store
     from meshd.summaries import Listeners, Summaries
+    from meshd.swarms import Swarms
     from meshd.telemetry import Telemetry
     from meshd.trust import Trust
     from protocol.ids import SigningKey
@@ -75,6 +76,10 @@ async def build_node(
             runtime, network, publisher, router=router, policy=trust.migration_policy
         )
         telemetry = Telemetry(SigningKey(seed), network, runtime, delivery, config.telemetry)
+        swarms = Swarms(
+            runtime, network, delivery.topics, node_key=SigningKey(seed), settings=config.swarm
+        )
+        runtime.swarms = swarms
         # The collector reads node.status() at scrape time; two hooks feed histograms.
         metrics = NodeMetrics(lambda: node.status())
         router.observe_lookup = metrics.dht_lookup.observe
@@ -90,6 +95,7 @@ async def build_node(
             metrics=metrics,
             telemetry=telemetry,
             trust=trust,
+            swarms=swarms,
             log_counters=log_counters,
         )
         yield node

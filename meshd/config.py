@@ -29,6 +29,7 @@ from meshd.net.settings import DiscoverySettings
 from meshd.paths import CONFIG_FILE
 from meshd.runtime.settings import RuntimeSettings
 from meshd.summary_settings import SummarySettings
+from meshd.swarm_settings import SwarmSettings
 from meshd.telemetry_settings import TelemetrySettings
 from meshd.trust_settings import POLICIES, TrustSettings
 from protocol.ids import NodeId
@@ -81,6 +82,7 @@ class Config:
     summary: SummarySettings = field(default_factory=SummarySettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     trust: TrustSettings = field(default_factory=TrustSettings)
+    swarm: SwarmSettings = field(default_factory=SwarmSettings)
     # Private network: the pre-shared key file (relative to the data directory), or None.
     psk_file: str | None = None
 
@@ -442,6 +444,19 @@ _KEYS: tuple[_Key, ...] = (
         "(burst: 10 s worth); beyond, untrusted.",
     ),
     _Key(
+        "swarm.heartbeat_s",
+        1.0,
+        _float(0.05, 600.0),
+        "Seconds between a node's heartbeats on each swarm it has members in.",
+    ),
+    _Key(
+        "swarm.misses",
+        3,
+        _int(2, 100),
+        "A node whose heartbeats stop leaves a swarm's view after this many intervals.",
+    ),
+    _Key("swarm.max_swarms", 256, _int(1, 10_000), "Most swarms this node follows."),
+    _Key(
         "network.psk_file",
         "",
         _optional_path,
@@ -611,6 +626,11 @@ def _build(values: Mapping[str, Any]) -> Config:
             cache_size=values["trust.cache_size"],
             cache_ttl_s=values["trust.cache_ttl_s"],
             peer_lookups_per_s=values["trust.peer_lookups_per_s"],
+        ),
+        swarm=SwarmSettings(
+            heartbeat_s=values["swarm.heartbeat_s"],
+            misses=values["swarm.misses"],
+            max_swarms=values["swarm.max_swarms"],
         ),
         psk_file=values["network.psk_file"],
     )

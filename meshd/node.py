@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from meshd.migration import Migrator
     from meshd.publisher import Publisher
     from meshd.summaries import Summaries
+    from meshd.swarms import Swarms
     from meshd.telemetry import Telemetry
     from meshd.trust import Trust
 
@@ -69,6 +70,7 @@ class Node:
         metrics: NodeMetrics | None = None,
         telemetry: Telemetry | None = None,
         trust: Trust | None = None,
+        swarms: Swarms | None = None,
         version: str = __version__,
         log_counters: LogCounters | None = None,
     ) -> None:
@@ -82,6 +84,7 @@ class Node:
         self._metrics = metrics
         self._telemetry = telemetry
         self._trust = trust
+        self._swarms = swarms
         self._version = version
         self._log_counters = log_counters
         self._started_at: float | None = None
@@ -110,6 +113,13 @@ class Node:
         if self._trust is None:
             raise RuntimeError("this node has no trust policy")
         return self._trust
+
+    @property
+    def swarms(self) -> Swarms:
+        """Swarm memberships and views (the API's swarm routes use it)."""
+        if self._swarms is None:
+            raise RuntimeError("this node runs no swarms")
+        return self._swarms
 
     @property
     def migrator(self) -> Migrator:
@@ -166,6 +176,8 @@ class Node:
             status["summaries"] = self._summaries.stats()
         if self._trust is not None:
             status["trust"] = self._trust.stats()
+        if self._swarms is not None:
+            status["swarms"] = self._swarms.stats()
         if self._log_counters is not None:
             status["libp2p_log"] = dict(self._log_counters.libp2p)
         if self._metrics is not None:
@@ -203,6 +215,9 @@ class Node:
                 await nursery.start(self._delivery.serve)
             if self._publisher is not None:
                 await nursery.start(self._publisher.serve)
+            if self._swarms is not None:
+                # After delivery: its topics hand the swarm topics over.
+                await nursery.start(self._swarms.serve)
             if self._summaries is not None:
                 # Before the migrator: an arriving agent changes the summary.
                 await nursery.start(self._summaries.serve)

@@ -112,6 +112,8 @@ class Topics:
         self._lock = trio.Lock()  # one change of subscriptions (and its write) at a time
         self._serving = False
         self._fanout = trio.Semaphore(self._settings.fanout)
+        # Topic prefixes owned by node services (swarms), not by agents: prefix -> handler.
+        self._reserved: dict[str, TopicHandler] = {}
         self.counters: Counter[str] = Counter()
         self.delivered: Counter[str] = Counter()  # Runtime.deliver outcomes, per subscriber
 
@@ -135,9 +137,16 @@ class Topics:
 
     # -- subscriptions --------------------------------------------------------------------
 
+    def reserve(self, prefix: str, handler: TopicHandler) -> None:
+        """Hand messages of topics starting with `prefix` to `handler`, not to agents."""
+        self._reserved[prefix] = handler
+
     async def subscribe(self, topic: str, agent: AgentId) -> bool:
         """Deliver the topic to the local `agent` from now on, durably; False if it already was."""
         check_topic(topic)
+        if any(topic.startswith(prefix) for prefix in self._reserved):
+            # The service owns the node's subscription: an agent leaving must not end it.
+            raise AgentError(f"topic {topic!r:.80} is reserved for the node")
         if not self._runtime.hosts(agent):
             raise UnknownAgent(f"no agent {agent.did} on this node")
         async with self._lock:
@@ -178,6 +187,10 @@ class Topics:
 
     async def _on_message(self, topic: str, frame: bytes) -> None:
         """The network's topic handler: a validated envelope from another node."""
+        for prefix, handler in self._reserved.items():
+            if topic.startswith(prefix):
+                await handler(topic, frame)
+                return
         try:
             envelope = Envelope.decode(frame)
         except RemoteProtocolError:  # the network's validator passed it: only a bug gets here

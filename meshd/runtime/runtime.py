@@ -169,6 +169,7 @@ class Runtime(BoundaryMixin):
         self.clock = clock
         self.messenger: Messenger = LocalMessenger(self)
         self.listener: RuntimeListener | None = None
+        self.swarms: Any = None  # meshd.swarms.Swarms, set by build_node (for ctx.swarm)
         self.stats = RuntimeStats()
         self._index: dict[bytes, State] = {}
         self._external: set[bytes] = set()

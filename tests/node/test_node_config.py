@@ -111,6 +111,7 @@ def test_template_lists_every_key_at_its_default(tmp_path: Path) -> None:
         "summary": {},
         "telemetry": {},
         "trust": {},
+        "swarm": {},
         "network": {},
     }
     # Uncommenting every key gives a valid file equal to the defaults.

@@ -1,0 +1,425 @@
+"""Swarms on this node: local memberships, heartbeats, and each swarm's membership view.
+
+A swarm is a named group of agents on any number of nodes (records and view:
+`protocol.swarm`; wire: SPEC "Swarms"; guide: docs/swarms.md). This service
+
+- keeps which local agents belong to which swarm, durably (store meta `swarms`: CBOR map
+  name -> [parent or null, [agent ids]]), so memberships survive a restart;
+- subscribes the node to the topic `swarm/<name>` of every swarm it knows (GossipSub, through
+  `Network.subscribe_topic`; `Topics` hands this prefix's messages to us, not to agents);
+- publishes an agent-signed `swarm.join` / `swarm.leave` when a local agent joins or leaves,
+  and one node-signed `swarm.hb` per swarm with local members every `heartbeat_s`;
+- folds every record, its own included, into a `SwarmView`, and logs coordinator changes.
+
+A record that does not parse is counted by reason and logged (at most once a minute per
+reason); it never stops the service.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import cbor2
+import trio
+
+from meshd.clock import WallClock, wall_ms
+from meshd.net.types import TopicHandler
+from meshd.runtime.lifecycle import UnknownAgent
+from meshd.swarm_settings import SwarmSettings
+from protocol.envelope import Envelope
+from protocol.errors import RemoteProtocolError
+from protocol.ids import AgentId, NodeId, SigningKey
+from protocol.swarm import (
+    KIND_HEARTBEAT,
+    KIND_JOIN,
+    KIND_LEAVE,
+    SWARM_TOPIC_PREFIX,
+    SwarmView,
+    check_swarm_name,
+    heartbeat_body,
+    join_body,
+    leave_body,
+    parse_record,
+    swarm_topic,
+)
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus
+
+    from meshd.runtime.runtime import Runtime
+
+__all__ = ["META_SWARMS", "SwarmError", "SwarmNetwork", "Swarms"]
+
+log = logging.getLogger("meshd.swarms")
+
+META_SWARMS = "swarms"
+_ENVELOPE_TTL_MS = 60_000
+_REJECT_LOG_INTERVAL_S = 60.0
+
+
+class SwarmError(ValueError):
+    """A swarm operation the node refuses; `code`: bad_name, parent_conflict, max_swarms."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class SwarmNetwork(Protocol):
+    """The part of `meshd.net.types.Network` that swarms use."""
+
+    async def subscribe_topic(self, topic: str) -> None:
+        """Receive the topic's messages from now on."""
+        ...
+
+    async def publish_topic(self, topic: str, envelope: bytes) -> None:
+        """Publish an envelope addressed to `topic` to the other nodes."""
+        ...
+
+
+class TopicRouter(Protocol):
+    """What `meshd.pubsub.Topics` offers node services: a topic prefix of their own."""
+
+    def reserve(self, prefix: str, handler: TopicHandler) -> None:
+        """Hand messages of topics starting with `prefix` to `handler`, not to agents."""
+        ...
+
+
+@dataclass(slots=True)
+class _Local:
+    """A swarm as this node takes part in it: its parent and the local members."""
+
+    parent: str | None
+    members: set[bytes] = field(default_factory=set)
+
+
+class Swarms:
+    """Swarm memberships of local agents and the views of every known swarm; run `serve`."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        network: SwarmNetwork,
+        topics: TopicRouter,
+        *,
+        node_key: SigningKey,
+        settings: SwarmSettings | None = None,
+        clock: WallClock = wall_ms,
+    ) -> None:
+        self._runtime = runtime
+        self._network = network
+        self._topics = topics
+        self._key = node_key
+        self.node_id: NodeId = node_key.node_id
+        self._settings = settings or SwarmSettings()
+        self._clock = clock
+        self._local: dict[str, _Local] = {}
+        self._views: dict[str, SwarmView] = {}
+        self._coordinators: dict[str, AgentId | None] = {}
+        self._lock = trio.Lock()  # one change of local memberships (and its write) at a time
+        self._serving = False
+        self._last_ms = 0
+        self._reject_logged: dict[str, float] = {}
+        self.counters: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()
+
+    # -- queries --------------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        """The swarms this node knows."""
+        return sorted(self._local)
+
+    def members(self, name: str) -> dict[AgentId, NodeId]:
+        """The swarm's live members and their nodes, as this node sees them."""
+        return self._view(name).members(trio.current_time())
+
+    def coordinator(self, name: str) -> AgentId | None:
+        """The swarm's coordinator (lowest live member id), or None if it has no member."""
+        return self._view(name).coordinator(trio.current_time())
+
+    def show(self, name: str) -> dict[str, Any]:
+        """The swarm as JSON: parent, state, coordinator, members with their nodes."""
+        view = self._view(name)
+        now = trio.current_time()
+        members = view.members(now)
+        coordinator = view.coordinator(now)
+        local = self._local[name]
+        return {
+            "name": name,
+            "parent": local.parent if local.parent is not None else view.parent,
+            "state": "active" if members else "empty",
+            "coordinator": coordinator.did if coordinator is not None else None,
+            "coordinator_node": (members[coordinator].text if coordinator is not None else None),
+            "members": [
+                {"id": agent.did, "node": node.text, "local": node == self.node_id}
+                for agent, node in members.items()
+            ],
+            "nodes": [node.text for node in view.nodes(now)],
+            "local_members": len(local.members),
+        }
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every known swarm, summarised."""
+        out = []
+        for name in self.names():
+            shown = self.show(name)
+            out.append(
+                {
+                    "name": name,
+                    "parent": shown["parent"],
+                    "state": shown["state"],
+                    "members": len(shown["members"]),
+                    "local_members": shown["local_members"],
+                    "coordinator": shown["coordinator"],
+                }
+            )
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for `status`: swarms, local memberships, records, rejections by reason."""
+        out: dict[str, Any] = dict(sorted(self.counters.items()))
+        out["swarms"] = len(self._local)
+        out["local_memberships"] = sum(len(s.members) for s in self._local.values())
+        out["rejected"] = dict(sorted(self.rejected.items()))
+        return out
+
+    def _view(self, name: str) -> SwarmView:
+        view = self._views.get(name)
+        if view is None:
+            raise KeyError(name)
+        return view
+
+    # -- operations -----------------------------------------------------------------------
+
+    async def create(self, name: str, parent: str | None = None) -> bool:
+        """Know the swarm (with `parent`) and follow its topic; False if already known."""
+        try:
+            check_swarm_name(name)
+            if parent is not None:
+                check_swarm_name(parent)
+        except ValueError as exc:
+            raise SwarmError("bad_name", str(exc)) from None
+        if parent == name:
+            raise SwarmError("bad_name", "a swarm cannot be its own parent")
+        async with self._lock:
+            local = self._local.get(name)
+            if local is not None:
+                if parent is not None and local.parent not in (None, parent):
+                    raise SwarmError(
+                        "parent_conflict", f"swarm {name} already has parent {local.parent}"
+                    )
+                if parent is None or local.parent == parent:
+                    return False
+                local.parent = parent
+                await self._save()
+                return False
+            await self._add(name, _Local(parent))
+            return True
+
+    async def join(self, name: str, agent: AgentId) -> bool:
+        """Make a local agent a member (creating the swarm here if new); False if it was."""
+        if not self._runtime.hosts(agent):
+            raise UnknownAgent(f"no agent {agent.did} on this node")
+        await self.create(name)
+        async with self._lock:
+            local = self._local[name]
+            if agent.raw in local.members:
+                return False
+            key = await self._runtime.signing_key(agent)
+            envelope = self._envelope(
+                key, name, KIND_JOIN, join_body(name, self.node_id, local.parent)
+            )
+            local.members.add(agent.raw)
+            await self._save()
+            self.counters["joins"] += 1
+        await self._emit(name, envelope)
+        return True
+
+    async def leave(self, name: str, agent: AgentId) -> bool:
+        """Take a local agent out of the swarm; False if it was not a member here."""
+        async with self._lock:
+            local = self._local.get(name)
+            if local is None or agent.raw not in local.members:
+                return False
+            local.members.discard(agent.raw)
+            await self._save()
+            self.counters["leaves"] += 1
+            try:
+                key = await self._runtime.signing_key(agent)
+            except UnknownAgent:
+                # Deleted meanwhile: no signed leave; it drops out of our next heartbeat.
+                return True
+            envelope = self._envelope(key, name, KIND_LEAVE, leave_body(name))
+        await self._emit(name, envelope)
+        return True
+
+    # -- the service ----------------------------------------------------------------------
+
+    async def serve(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Load memberships, follow their topics, heartbeat every `heartbeat_s` until cancelled."""
+        self._topics.reserve(SWARM_TOPIC_PREFIX, self._on_message)
+        async with self._lock:
+            await self._load()
+            for name in sorted(self._local):
+                await self._network.subscribe_topic(swarm_topic(name))
+            self._serving = True
+        log.info(
+            "swarms: %d local memberships in %d swarms",
+            sum(len(s.members) for s in self._local.values()),
+            len(self._local),
+        )
+        try:
+            task_status.started()
+            while True:
+                await self.tick()
+                await trio.sleep(self._settings.heartbeat_s)
+        finally:
+            self._serving = False
+
+    async def tick(self) -> None:
+        """One heartbeat round: a heartbeat per swarm with local members, then expiry."""
+        for name in sorted(self._local):
+            local = self._local[name]
+            # Deleted or migrated agents drop out here, without a signed leave.
+            hosted = [AgentId(raw) for raw in sorted(local.members)]
+            hosted = [a for a in hosted if self._runtime.hosts(a)]
+            if len(hosted) != len(local.members):
+                async with self._lock:
+                    local.members = {a.raw for a in hosted}
+                    await self._save()
+            if hosted:
+                body = heartbeat_body(
+                    name,
+                    self.node_id,
+                    hosted,
+                    max(1, round(self._settings.heartbeat_s * 1000)),
+                    local.parent,
+                )
+                envelope = self._envelope(self._key, name, KIND_HEARTBEAT, body)
+                self.counters["heartbeats_sent"] += 1
+                await self._emit(name, envelope)
+            self._check_coordinator(name)
+
+    # -- inside ---------------------------------------------------------------------------
+
+    def _envelope(self, key: SigningKey, name: str, kind: str, body: Any) -> Envelope:
+        # Strictly rising created times: the view orders one node's records by them.
+        self._last_ms = max(self._clock(), self._last_ms + 1)
+        return Envelope.create(
+            key, swarm_topic(name), kind, body, now_ms=self._last_ms, ttl_ms=_ENVELOPE_TTL_MS
+        )
+
+    async def _emit(self, name: str, envelope: Envelope) -> None:
+        """Apply our own record to our view, then publish it (best effort, like GossipSub)."""
+        self._apply(name, envelope)
+        if not self._serving:
+            return
+        try:
+            await self._network.publish_topic(swarm_topic(name), envelope.frame)
+        except (RuntimeError, ValueError, OSError) as exc:
+            self.counters["publish_failed"] += 1
+            log.warning("swarms: publishing on swarm %s failed: %s", name, exc)
+
+    async def _on_message(self, topic: str, frame: bytes) -> None:
+        """A validated envelope from another node on a `swarm/...` topic."""
+        name = topic[len(SWARM_TOPIC_PREFIX) :]
+        if name not in self._views:
+            self.counters["unknown_swarm"] += 1
+            return
+        try:
+            envelope = Envelope.decode(frame)
+        except RemoteProtocolError as exc:
+            self._reject(exc)
+            return
+        self.counters["received"] += 1
+        self._apply(name, envelope)
+
+    def _apply(self, name: str, envelope: Envelope) -> None:
+        try:
+            record = parse_record(envelope)
+        except RemoteProtocolError as exc:
+            self._reject(exc)
+            return
+        view = self._views.get(name)
+        if view is None or record.swarm != name:
+            self.counters["unknown_swarm"] += 1
+            return
+        if not view.apply(record, trio.current_time()):
+            self.counters["stale"] += 1
+        self._check_coordinator(name)
+
+    def _check_coordinator(self, name: str) -> None:
+        """Log when the coordinator this node sees changes."""
+        coordinator = self._views[name].coordinator(trio.current_time())
+        if coordinator == self._coordinators.get(name):
+            return
+        self._coordinators[name] = coordinator
+        self.counters["coordinator_changes"] += 1
+        log.info(
+            "swarm %s: coordinator is now %s",
+            name,
+            coordinator.did if coordinator is not None else "none (no live member)",
+        )
+
+    def _reject(self, exc: RemoteProtocolError) -> None:
+        reason = exc.reason.value
+        self.rejected[reason] += 1
+        now = trio.current_time()
+        if now - self._reject_logged.get(reason, -math.inf) >= _REJECT_LOG_INTERVAL_S:
+            self._reject_logged[reason] = now
+            log.info(
+                "swarms: refused a record: %s: %s (%d so far)",
+                reason,
+                exc.detail,
+                self.rejected[reason],
+            )
+
+    async def _add(self, name: str, local: _Local) -> None:
+        """Know a new swarm: view, durable entry, topic (locked)."""
+        if len(self._local) >= self._settings.max_swarms:
+            raise SwarmError(
+                "max_swarms", f"this node follows {len(self._local)} swarms, the most it allows"
+            )
+        self._local[name] = local
+        self._views[name] = self._new_view(name)
+        await self._save()
+        if self._serving:
+            await self._network.subscribe_topic(swarm_topic(name))
+
+    def _new_view(self, name: str) -> SwarmView:
+        return SwarmView(
+            name,
+            misses=self._settings.misses,
+            default_interval_s=self._settings.heartbeat_s,
+            max_nodes=self._settings.max_nodes,
+        )
+
+    async def _save(self) -> None:
+        data = {n: [s.parent, sorted(s.members)] for n, s in sorted(self._local.items())}
+        await self._runtime.store.set_meta(META_SWARMS, cbor2.dumps(data))
+
+    async def _load(self) -> None:
+        raw = await self._runtime.store.get_meta(META_SWARMS)
+        if raw is None:
+            return
+        try:
+            data = cbor2.loads(raw)
+            if not isinstance(data, dict):
+                raise ValueError("not a map")
+            for name, (parent, members) in data.items():
+                check_swarm_name(name)
+                if parent is not None:
+                    check_swarm_name(parent)
+                kept = {m for m in members if isinstance(m, bytes) and len(m) == 32}
+                self._local[name] = _Local(parent, kept)
+                self._views[name] = self._new_view(name)
+        except (cbor2.CBORDecodeError, ValueError, TypeError) as exc:
+            log.error(
+                "swarms: meta %r is unreadable (%s); starting with no swarms", META_SWARMS, exc
+            )
+            self._local.clear()
+            self._views.clear()
