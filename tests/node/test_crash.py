@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.slow
 
-ROUNDS = 3
+ROUNDS = 2
 COUNTERS = 4
 SPAWNS_BEFORE_KILL = 8
 SENDS_BEFORE_KILL = 12
