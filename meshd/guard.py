@@ -92,13 +92,9 @@ class PeerGuard:
         The message streams wait that long before reading on: a peer over its rate is slowed
         by TCP backpressure, and costs us nothing more while it waits.
         """
-        bucket = self._peers.get(peer_id)
-        if bucket is None:
-            settings = self.settings
-            bucket = TokenBucket(settings.peer_msgs_per_s, settings.peer_burst)
-            self._peers[peer_id] = bucket
-            _trim(self._peers, settings.max_tracked)
-        delay = bucket.borrow(count, now, max_debt=self.settings.peer_burst)
+        settings = self.settings
+        bucket = self._bucket(self._peers, peer_id, settings.peer_msgs_per_s, settings.peer_burst)
+        delay = bucket.borrow(count, now, max_debt=settings.peer_burst)
         if delay > 0:
             self.counters["throttled_batches"] += 1
             self.counters["throttled_ms"] += int(delay * 1000)
@@ -106,14 +102,8 @@ class PeerGuard:
 
     def admit_agent(self, sender: bytes, now: float) -> bool:
         """Whether a verified message from agent `sender` is within its rate."""
-        bucket = self._agents.get(sender)
-        if bucket is None:
-            settings = self.settings
-            bucket = TokenBucket(settings.agent_msgs_per_s, settings.agent_burst)
-            self._agents[sender] = bucket
-            _trim(self._agents, settings.max_tracked)
-        else:
-            self._agents.move_to_end(sender)
+        settings = self.settings
+        bucket = self._bucket(self._agents, sender, settings.agent_msgs_per_s, settings.agent_burst)
         if bucket.try_take(1, now):
             return True
         self.counters["rate_limited_agent"] += 1
@@ -179,15 +169,22 @@ class PeerGuard:
             },
         }
 
+    def _bucket(
+        self, table: OrderedDict[Any, TokenBucket], key: Any, rate: float, burst: float
+    ) -> TokenBucket:
+        """The bucket of `key`, made on first use; the table keeps the most recently used."""
+        bucket = table.get(key)
+        if bucket is None:
+            bucket = table[key] = TokenBucket(rate, burst)
+            while len(table) > self.settings.max_tracked:
+                table.popitem(last=False)
+        else:
+            table.move_to_end(key)
+        return bucket
+
     def _forget_scores(self, now: float) -> None:
         # Scores near zero carry no information: drop them; if none is, the oldest half.
         small = [p for p, s in self._scores.items() if s.at(now) < 1.0]
         victims = small or list(self._scores)[: len(self._scores) // 2]
         for peer_id in victims:
             del self._scores[peer_id]
-
-
-def _trim(buckets: OrderedDict[Any, TokenBucket], limit: int) -> None:
-    """Keep at most `limit` buckets: forget the least recently used."""
-    while len(buckets) > limit:
-        buckets.popitem(last=False)

@@ -19,6 +19,7 @@ from multiaddr import Multiaddr
 
 from meshd.clock import wall_ms
 from meshd.delivery import TIMEOUT, Delivery, DeliverySettings
+from meshd.guard import GuardSettings, PeerGuard
 from meshd.net.discovery import DiscoverySettings
 from meshd.net.libp2p_net import Libp2pNetwork
 from meshd.net.streams import StreamSettings
@@ -57,8 +58,12 @@ async def running_nodes(
     *,
     streams: StreamSettings | None = None,
     settings: DeliverySettings | None = None,
+    limits: GuardSettings | None = None,
 ) -> AsyncIterator[list[Node]]:
-    """Start `count` nodes, each with its own store, runtime and delivery service."""
+    """Start `count` nodes, each with its own store, runtime and delivery service.
+
+    With `limits`, each node's network and delivery share a guard, as `meshd run` builds them.
+    """
     kinds.reset()
     events, _unread = trio.open_memory_channel[NetEvent](10_000)
     async with AsyncExitStack() as stack:
@@ -69,9 +74,12 @@ async def running_nodes(
             nodes = []
             for store in stores:
                 seed = os.urandom(32)
-                net = Libp2pNetwork(seed, listen=[LOOPBACK], discovery=QUIET, messages=streams)
+                guard = PeerGuard(limits) if limits is not None else None
+                net = Libp2pNetwork(
+                    seed, listen=[LOOPBACK], discovery=QUIET, messages=streams, guard=guard
+                )
                 runtime = Runtime(store, SigningKey(seed))
-                delivery = Delivery(runtime, net, settings=settings)
+                delivery = Delivery(runtime, net, settings=settings, guard=guard)
                 await nursery.start(net.serve, events)
                 await nursery.start(runtime.serve)
                 await nursery.start(delivery.serve)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,24 +11,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 from libp2p.peer.id import ID
 
-from meshd.delivery import Delivery
 from meshd.guard import GuardSettings, PeerGuard
-from meshd.net.libp2p_net import Libp2pNetwork
-from meshd.net.types import NetEvent
-from meshd.runtime.runtime import Runtime
-from meshd.store import Store
 from protocol.envelope import Envelope
 from protocol.errors import LocalProtocolError
 from protocol.frames import Mode, encode_msg
 from protocol.ids import SigningKey
 from protocol.ratelimit import DecayingScore, TokenBucket
 from tests.delivery.test_delivery import (
-    LOOPBACK,
-    QUIET,
     REC,
-    Node,
     raw_stream,
     read_acks,
+    running_nodes,
     spawn,
     until,
 )
@@ -137,34 +127,9 @@ async def drain_until_closed(stream: Any) -> None:
     pytest.fail("the stream was never closed")
 
 
-@asynccontextmanager
-async def guarded_nodes(tmp_path: Path, settings: GuardSettings) -> AsyncIterator[list[Node]]:
-    """Two nodes whose network and delivery share a guard, as `meshd run` builds them."""
-    kinds.reset()
-    events, _unread = trio.open_memory_channel[NetEvent](10_000)
-    async with AsyncExitStack() as stack:
-        stores = [await stack.enter_async_context(Store(tmp_path / f"n{i}.db")) for i in range(2)]
-        async with trio.open_nursery() as nursery:
-            nodes = []
-            for store in stores:
-                seed = os.urandom(32)
-                guard = PeerGuard(settings)
-                net = Libp2pNetwork(seed, listen=[LOOPBACK], discovery=QUIET, guard=guard)
-                runtime = Runtime(store, SigningKey(seed))
-                delivery = Delivery(runtime, net, guard=guard)
-                await nursery.start(net.serve, events)
-                await nursery.start(runtime.serve)
-                await nursery.start(delivery.serve)
-                nodes.append(Node(net, runtime, delivery))
-            try:
-                yield nodes
-            finally:
-                nursery.cancel_scope.cancel()
-
-
 async def test_a_peer_over_its_rate_is_slowed_not_refused(tmp_path: Path) -> None:
     settings = GuardSettings(peer_msgs_per_s=100.0, peer_burst=20.0)
-    async with guarded_nodes(tmp_path, settings) as (a, b):
+    async with running_nodes(tmp_path, limits=settings) as (a, b):
         rec = await spawn(b, REC)
         key = SigningKey.generate()
         now = a.runtime.clock()
@@ -189,7 +154,7 @@ async def test_a_peer_over_its_rate_is_slowed_not_refused(tmp_path: Path) -> Non
 
 async def test_forging_peer_is_banned_disconnected_and_refused(tmp_path: Path) -> None:
     settings = GuardSettings(ban_threshold=50.0, ban_s=600.0)
-    async with guarded_nodes(tmp_path, settings) as (a, b):
+    async with running_nodes(tmp_path, limits=settings) as (a, b):
         rec = await spawn(b, REC)
         key = SigningKey.generate()
         now = a.runtime.clock()
