@@ -9,6 +9,7 @@ from meshd.cli_agent import agent_group, send_command
 from meshd.cli_client import id_command, peers_command, status_command
 from meshd.cli_daemon import init_command, run_command
 from meshd.cli_pubsub import pubsub_group
+from meshd.cli_swarm import swarm_group
 from meshd.cli_top import top_command
 
 
@@ -27,6 +28,7 @@ cli.add_command(run_command)
 cli.add_command(agent_group)
 cli.add_command(send_command)
 cli.add_command(pubsub_group)
+cli.add_command(swarm_group)
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ import trio
 from meshd.clock import WallClock, wall_ms
 from meshd.net.types import TopicHandler
 from meshd.runtime.lifecycle import UnknownAgent
+from meshd.runtime.sdk import AgentError
 from meshd.swarm_settings import SwarmSettings
 from protocol.envelope import Envelope
 from protocol.errors import RemoteProtocolError
@@ -52,7 +53,7 @@ if TYPE_CHECKING:
 
     from meshd.runtime.runtime import Runtime
 
-__all__ = ["META_SWARMS", "SwarmError", "SwarmNetwork", "Swarms"]
+__all__ = ["META_SWARMS", "AgentSwarm", "SwarmError", "SwarmNetwork", "Swarms"]
 
 log = logging.getLogger("meshd.swarms")
 
@@ -87,6 +88,46 @@ class TopicRouter(Protocol):
     def reserve(self, prefix: str, handler: TopicHandler) -> None:
         """Hand messages of topics starting with `prefix` to `handler`, not to agents."""
         ...
+
+
+class AgentSwarm:
+    """`ctx.swarm(name)`: one swarm as a local agent sees it (`meshd.runtime.sdk.SwarmHandle`)."""
+
+    __slots__ = ("_agent", "_name", "_swarms")
+
+    def __init__(self, swarms: Swarms, name: str, agent: AgentId) -> None:
+        self._swarms = swarms
+        self._name = name
+        self._agent = agent
+
+    @property
+    def name(self) -> str:
+        """The swarm's name."""
+        return self._name
+
+    async def join(self) -> bool:
+        """Become a member; False if this agent already was one."""
+        try:
+            return await self._swarms.join(self._name, self._agent)
+        except SwarmError as exc:
+            raise AgentError(str(exc)) from None
+
+    async def leave(self) -> bool:
+        """Stop being a member; False if this agent was not one."""
+        return await self._swarms.leave(self._name, self._agent)
+
+    def members(self) -> dict[str, str]:
+        """The live members (agent id -> hosting node id), as this node sees them."""
+        if self._name not in self._swarms.names():
+            return {}
+        return {a.did: n.text for a, n in self._swarms.members(self._name).items()}
+
+    def coordinator(self) -> str | None:
+        """The coordinator's agent id (lowest live member id), or None if there is none."""
+        if self._name not in self._swarms.names():
+            return None
+        coordinator = self._swarms.coordinator(self._name)
+        return None if coordinator is None else coordinator.did
 
 
 @dataclass(slots=True)
@@ -256,6 +297,14 @@ class Swarms:
             envelope = self._envelope(key, name, KIND_LEAVE, leave_body(name))
         await self._emit(name, envelope)
         return True
+
+    def handle(self, name: str, agent: AgentId) -> AgentSwarm:
+        """The SDK's `ctx.swarm(name)` for a local agent (a bad name is an AgentError)."""
+        try:
+            check_swarm_name(name)
+        except ValueError as exc:
+            raise AgentError(str(exc)) from None
+        return AgentSwarm(self, name, agent)
 
     # -- the service ----------------------------------------------------------------------
 

@@ -92,6 +92,11 @@ _AGENT_REF = {
     "type": "string",
     "description": "An agent: its id (did:key:z...) or the name it was spawned with.",
 }
+_SWARM_NAME = {
+    "type": "string",
+    "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+    "description": "A swarm name.",
+}
 _MSG_ID = {"type": "string", "pattern": "^[0-9a-f]{32}$", "description": "16 bytes, hex."}
 _JSON_VALUE = {
     "description": (
@@ -348,6 +353,91 @@ _AGENT_SCHEMAS: dict[str, dict[str, Any]] = {
                 "anyOf": [_MSG_ID, {"type": "null"}],
                 "description": "Answer this request (an external agent replying).",
             },
+        },
+    },
+    "SwarmCreateRequest": {
+        "type": "object",
+        "required": ["name"],
+        "additionalProperties": False,
+        "properties": {
+            "name": _SWARM_NAME,
+            "parent": {"anyOf": [_SWARM_NAME, {"type": "null"}], "description": "Parent swarm."},
+        },
+    },
+    "SwarmCreated": {
+        "type": "object",
+        "required": ["name", "parent", "created"],
+        "properties": {
+            "name": {"type": "string"},
+            "parent": {"type": ["string", "null"]},
+            "created": {"type": "boolean", "description": "False: this node already followed it."},
+        },
+    },
+    "SwarmMemberRequest": {
+        "type": "object",
+        "required": ["agent"],
+        "additionalProperties": False,
+        "properties": {"agent": _AGENT_REF},
+    },
+    "SwarmMembership": {
+        "type": "object",
+        "required": ["swarm", "agent", "changed"],
+        "properties": {
+            "swarm": {"type": "string"},
+            "agent": _AGENT_ID,
+            "changed": {"type": "boolean", "description": "False: it already was (or was not)."},
+        },
+    },
+    "SwarmList": {
+        "type": "object",
+        "required": ["swarms"],
+        "properties": {
+            "swarms": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "parent", "state", "members", "coordinator"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "parent": {"type": ["string", "null"]},
+                        "state": {"enum": ["active", "empty"]},
+                        "members": {"type": "integer", "minimum": 0},
+                        "local_members": {"type": "integer", "minimum": 0},
+                        "coordinator": {"type": ["string", "null"]},
+                    },
+                },
+            }
+        },
+    },
+    "SwarmInfo": {
+        "type": "object",
+        "required": ["name", "parent", "state", "coordinator", "coordinator_node", "members"],
+        "properties": {
+            "name": {"type": "string"},
+            "parent": {"type": ["string", "null"]},
+            "state": {
+                "enum": ["active", "empty"],
+                "description": "active: it has live members; empty: none.",
+            },
+            "coordinator": {
+                "type": ["string", "null"],
+                "description": "The live member with the lowest agent id (bytes order).",
+            },
+            "coordinator_node": {"type": ["string", "null"], "description": "Its node's id."},
+            "members": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["id", "node", "local"],
+                    "properties": {
+                        "id": _AGENT_ID,
+                        "node": {"type": "string", "description": "Hosting node's peer id."},
+                        "local": {"type": "boolean"},
+                    },
+                },
+            },
+            "nodes": {"type": "array", "items": {"type": "string"}},
+            "local_members": {"type": "integer", "minimum": 0},
         },
     },
     "SubscriptionRequest": {

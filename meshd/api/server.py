@@ -47,6 +47,7 @@ from meshd import __version__
 from meshd.api.agents import AGENT_ENDPOINTS
 from meshd.api.base import ApiProblem, Endpoint, Handler
 from meshd.api.openapi import METRICS_CONTENT_TYPE, build_openapi
+from meshd.api.swarms import SWARM_ENDPOINTS
 from meshd.paths import API_SOCKET, API_TOKEN
 
 if TYPE_CHECKING:
@@ -193,6 +194,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "GET", "/metrics", "getMetrics", "Prometheus metrics.", "PrometheusText", _get_metrics
     ),
     *AGENT_ENDPOINTS,
+    *SWARM_ENDPOINTS,
 )
 
 

@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from meshd.runtime.sdk import Agent, AgentError, DeliveryReport, Message, RequestTimeout
+from meshd.runtime.sdk import (
+    Agent,
+    AgentError,
+    DeliveryReport,
+    Message,
+    RequestTimeout,
+    SwarmHandle,
+)
 from protocol.errors import LocalProtocolError
 from protocol.ids import AgentId, SigningKey
 
@@ -171,6 +178,13 @@ class AgentContext:
             budget=budget,
         )
         return str(infos[0]["id"])
+
+    def swarm(self, name: str) -> SwarmHandle:
+        """The swarm `name`, to join, leave, and read its members and coordinator."""
+        if self._rt.swarms is None:
+            raise AgentError("this node runs no swarm service")
+        handle: SwarmHandle = self._rt.swarms.handle(name, self._act.agent)
+        return handle
 
     def done(self) -> None:
         """Declare this agent finished: it is deleted once the current handler returns."""

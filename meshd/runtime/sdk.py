@@ -26,7 +26,15 @@ from typing import Any, ClassVar, Protocol
 
 from protocol.envelope import Envelope
 
-__all__ = ["Agent", "AgentError", "Context", "DeliveryReport", "Message", "RequestTimeout"]
+__all__ = [
+    "Agent",
+    "AgentError",
+    "Context",
+    "DeliveryReport",
+    "Message",
+    "RequestTimeout",
+    "SwarmHandle",
+]
 
 
 class AgentError(Exception):
@@ -76,6 +84,31 @@ class DeliveryReport:
     def ok(self) -> bool:
         """Whether the message reached (or was durably queued for) its recipient."""
         return self.outcome in ("delivered", "queued")
+
+
+class SwarmHandle(Protocol):
+    """One swarm as an agent sees it (`ctx.swarm(name)`; see docs/swarms.md)."""
+
+    @property
+    def name(self) -> str:
+        """The swarm's name."""
+        ...
+
+    async def join(self) -> bool:
+        """Become a member; False if this agent already was one."""
+        ...
+
+    async def leave(self) -> bool:
+        """Stop being a member; False if this agent was not one."""
+        ...
+
+    def members(self) -> dict[str, str]:
+        """The live members (agent id -> hosting node id), as this node sees them."""
+        ...
+
+    def coordinator(self) -> str | None:
+        """The coordinator's agent id (lowest live member id), or None if there is none."""
+        ...
 
 
 class Context(Protocol):
@@ -136,6 +169,10 @@ class Context(Protocol):
         budget: int | None = None,
     ) -> str:
         """Spawn a child agent on this node within this agent's budget; return its id."""
+        ...
+
+    def swarm(self, name: str) -> SwarmHandle:
+        """The swarm `name`, to join, leave, and read its members and coordinator."""
         ...
 
     def done(self) -> None:

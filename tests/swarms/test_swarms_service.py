@@ -23,6 +23,7 @@ from protocol.envelope import Envelope, open_envelope
 from protocol.errors import RemoteProtocolError
 from protocol.ids import AgentId, SigningKey
 from protocol.swarm import KIND_HEARTBEAT, heartbeat_body
+from tests.swarms import kinds
 
 STEP_S = 10.0
 FAST = SwarmSettings(heartbeat_s=0.05, misses=3)
@@ -83,6 +84,7 @@ async def swarm_node(
         net = FakeNet(bus)
         topics = net.topics = Topics(runtime, net)
         swarms = Swarms(runtime, net, topics, node_key=SigningKey(seed), settings=settings)
+        runtime.swarms = swarms  # as build_node does, for ctx.swarm
         await nursery.start(runtime.serve)
         await nursery.start(topics.serve)
         await nursery.start(swarms.serve)
@@ -249,3 +251,30 @@ async def test_deleted_member_drops_out(tmp_path: Path) -> None:
 def test_open_envelope_is_what_the_bus_checks() -> None:
     with pytest.raises(RemoteProtocolError):
         open_envelope(b"junk", now_ms=0)
+
+
+async def test_agents_use_ctx_swarm(tmp_path: Path) -> None:
+    kinds.SEEN.clear()
+    bus = Bus()
+    async with swarm_node(bus, tmp_path / "a.db", os.urandom(32)) as (rt, sw, _):
+        (info,) = await rt.spawn("tests.swarms.kinds:Member")
+        agent = AgentId.from_did(info["id"])
+        sender = SigningKey(os.urandom(32))
+
+        async def tell(body: Any) -> None:
+            envelope = Envelope.create(sender, agent, "msg", body, now_ms=wall_ms())
+            assert await rt.deliver(envelope, to=agent) == "delivered"
+
+        await tell({"join": "crew"})
+        await tell({"join": "crew"})
+        await until(lambda: len(kinds.SEEN) == 2, "two joins handled")
+        first, second = kinds.SEEN
+        assert (first["changed"], second["changed"]) == (True, False)
+        assert first["members"] == {agent.did: sw.node_id.text}
+        assert first["coordinator"] == agent.did
+        assert sw.coordinator("crew") == agent
+        await tell({"leave": "crew"})
+        await until(lambda: len(kinds.SEEN) == 3, "the leave handled")
+        assert kinds.SEEN[2]["changed"] is True
+        assert kinds.SEEN[2]["members"] == {}
+        assert kinds.SEEN[2]["coordinator"] is None
