@@ -108,6 +108,8 @@ class NodeMetrics:
 
 
 _Family = CounterMetricFamily | GaugeMetricFamily
+# Entries of the trust status section that are sizes, not event counts.
+_TRUST_GAUGES = frozenset({"policy", "roots", "agents_with_lists", "verdicts_cached"})
 
 
 def _counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> _Family:
@@ -167,6 +169,12 @@ class StatusCollector(Collector):
             yield from self._migration(status["migration"])
         if "summaries" in status:
             yield from self._summaries(status["summaries"])
+        if "trust" in status:
+            # Verdicts and refusals of the trust policy and the per-agent lists.
+            family = _counter("meshd_trust_events", "Trust decisions by kind.", ("event",))
+            trust = status["trust"]
+            _labelled(family, {k: v for k, v in trust.items() if k not in _TRUST_GAUGES})
+            yield family
         if "telemetry" in status:
             yield from self._telemetry(status["telemetry"])
 

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from meshd.api.client import ApiError
 from meshd.cli import cli as meshd_cli
 from meshd.localmesh import LocalDaemon, meshd_command, wait_until
+from tests.observability.test_metrics import scrape
 
 pytestmark = pytest.mark.slow
 
@@ -77,6 +78,9 @@ def test_trusted_roots_and_lists(make_daemon: Callable[[str], LocalDaemon]) -> N
     status = node.get("/v1/status")
     assert status["trust"]["refused:denied"] >= 1
     assert status["trust"]["refused:untrusted"] == 1
+    metrics = scrape(node)  # the same refusals in /metrics
+    assert metrics["meshd_trust_events_total{event=refused:untrusted}"] == 1
+    assert metrics["meshd_trust_events_total{event=refused:denied}"] >= 1
     for daemon in (trusted, node, stranger):
         daemon.terminate()  # all at once: each takes a moment to close its connections
     assert [daemon.wait() for daemon in (trusted, node, stranger)] == [0, 0, 0]
