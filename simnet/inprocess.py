@@ -37,6 +37,7 @@ log = logging.getLogger("simnet")
 # Simulated nodes start faster than daemons: no need to spread joins over seconds.
 _SIM_DEFAULTS: dict[str, Any] = {"dht.join_jitter_s": 0.5}
 _STOP_TIMEOUT_S = 10.0
+_BOOTSTRAP_PEERS = 3
 
 
 class _SimNode:
@@ -66,6 +67,7 @@ class InProcessBackend:
         self._nursery = nursery
         self.links = links
         rng = random.Random(seed ^ 0x5EED)  # node keys: same seed, same peer ids
+        self._join_rng = random.Random(seed ^ 0xB007)
         self._nodes = [
             _SimNode(i, rng.randbytes(32), root / f"node{i}") for i in range(scenario.nodes)
         ]
@@ -79,12 +81,18 @@ class InProcessBackend:
         _apply_links(scenario, links)
 
     def _bootstrap(self, index: int) -> tuple[BootstrapAddr, ...]:
-        # Join through the first running node (node 0 stays up: the scenario checks it).
-        for sim in self._nodes:
-            if sim.index != index and sim.node is not None and sim.peer_id:
-                addr = f"{memory_addr(sim.number)}/p2p/{sim.peer_id}"
-                return (BootstrapAddr(addr, sim.peer_id),)
-        return ()
+        # Join through a few running nodes drawn from the seeded rng, not all through node 0:
+        # a single seed refuses connections past its maximum (64) in a large mesh.
+        running = [
+            sim
+            for sim in self._nodes
+            if sim.index != index and sim.node is not None and sim.peer_id
+        ]
+        chosen = self._join_rng.sample(running, min(_BOOTSTRAP_PEERS, len(running)))
+        return tuple(
+            BootstrapAddr(f"{memory_addr(sim.number)}/p2p/{sim.peer_id}", sim.peer_id)
+            for sim in chosen
+        )
 
     async def start_node(self, node: int) -> None:
         """Start (or restart with its data) node `node`; return once it listens."""
