@@ -6,6 +6,7 @@ API's answer as one JSON document. Exit statuses are those of `meshd.cli_client`
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,9 @@ def show_command(name: str, data_dir: Path | None, as_json: bool) -> None:
                 ("coordinator", r["coordinator"] or "-"),
                 ("coordinator node", r["coordinator_node"] or "-"),
                 ("nodes", r["nodes"]),
+                ("subtree agents", r["aggregate"]["agents"]),
+                ("subtree totals", json.dumps(r["aggregate"]["totals"])),
+                ("children", sorted(r["aggregate"]["children"]) or "-"),
             ]
         )
         rows = [(m["id"], m["node"], "yes" if m["local"] else "") for m in r["members"]]

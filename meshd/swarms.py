@@ -10,6 +10,9 @@ A swarm is a named group of agents on any number of nodes (records and view:
 - publishes an agent-signed `swarm.join` / `swarm.leave` when a local agent joins or leaves,
   and one node-signed `swarm.hb` per swarm with local members every `heartbeat_s`;
 - folds every record, its own included, into a `SwarmView`, and logs coordinator changes.
+- when a local agent coordinates a swarm with a parent, publishes the swarm's aggregate
+  (members, summed contributions, children's reports) as one `swarm.agg` on the parent's
+  topic every `heartbeat_s`, following the parent for that.
 
 A record that does not parse is counted by reason and logged (at most once a minute per
 reason); it never stops the service.
@@ -35,11 +38,14 @@ from protocol.envelope import Envelope
 from protocol.errors import RemoteProtocolError
 from protocol.ids import AgentId, NodeId, SigningKey
 from protocol.swarm import (
+    KIND_AGGREGATE,
     KIND_HEARTBEAT,
     KIND_JOIN,
     KIND_LEAVE,
     SWARM_TOPIC_PREFIX,
     SwarmView,
+    aggregate_body,
+    check_sums,
     check_swarm_name,
     heartbeat_body,
     join_body,
@@ -129,6 +135,19 @@ class AgentSwarm:
         coordinator = self._swarms.coordinator(self._name)
         return None if coordinator is None else coordinator.did
 
+    async def contribute(self, values: dict[str, int | float]) -> None:
+        """Set this member's numbers, summed up the swarm hierarchy (replaces the last ones)."""
+        try:
+            await self._swarms.contribute(self._name, self._agent, values)
+        except SwarmError as exc:
+            raise AgentError(str(exc)) from None
+
+    def aggregate(self) -> dict[str, Any]:
+        """This swarm's subtree as this node sees it: agents, totals, children's reports."""
+        if self._name not in self._swarms.names():
+            return {"agents": 0, "totals": {}, "children": {}}
+        return self._swarms.aggregate(self._name)
+
 
 @dataclass(slots=True)
 class _Local:
@@ -136,6 +155,8 @@ class _Local:
 
     parent: str | None
     members: set[bytes] = field(default_factory=set)
+    # agent raw id -> its contribution to the swarm's sums (hierarchy aggregation)
+    contributions: dict[bytes, dict[str, int | float]] = field(default_factory=dict)
 
 
 class Swarms:
@@ -201,6 +222,7 @@ class Swarms:
             ],
             "nodes": [node.text for node in view.nodes(now)],
             "local_members": len(local.members),
+            "aggregate": _aggregate_json(view, now),
         }
 
     def list(self) -> list[dict[str, Any]]:
@@ -227,6 +249,10 @@ class Swarms:
         out["local_memberships"] = sum(len(s.members) for s in self._local.values())
         out["rejected"] = dict(sorted(self.rejected.items()))
         return out
+
+    def aggregate(self, name: str) -> dict[str, Any]:
+        """The swarm's subtree: agents and summed contributions, with its children's reports."""
+        return _aggregate_json(self._view(name), trio.current_time())
 
     def _view(self, name: str) -> SwarmView:
         view = self._views.get(name)
@@ -287,6 +313,7 @@ class Swarms:
             if local is None or agent.raw not in local.members:
                 return False
             local.members.discard(agent.raw)
+            local.contributions.pop(agent.raw, None)
             await self._save()
             self.counters["leaves"] += 1
             try:
@@ -297,6 +324,19 @@ class Swarms:
             envelope = self._envelope(key, name, KIND_LEAVE, leave_body(name))
         await self._emit(name, envelope)
         return True
+
+    async def contribute(self, name: str, agent: AgentId, values: dict[str, int | float]) -> None:
+        """Set a local member's contribution to the swarm's sums (replacing its last one)."""
+        try:
+            checked = check_sums(values)
+        except ValueError as exc:
+            raise SwarmError("bad_sums", str(exc)) from None
+        async with self._lock:
+            local = self._local.get(name)
+            if local is None or agent.raw not in local.members:
+                raise SwarmError("not_member", f"{agent.did} is not a member of {name} here")
+            local.contributions[agent.raw] = checked
+            await self._save()
 
     def handle(self, name: str, agent: AgentId) -> AgentSwarm:
         """The SDK's `ctx.swarm(name)` for a local agent (a bad name is an AgentError)."""
@@ -341,17 +381,67 @@ class Swarms:
                     local.members = {a.raw for a in hosted}
                     await self._save()
             if hosted:
+                sums: dict[str, int | float] = {}
+                for agent in hosted:
+                    for key, value in local.contributions.get(agent.raw, {}).items():
+                        sums[key] = sums.get(key, 0) + value
                 body = heartbeat_body(
-                    name,
-                    self.node_id,
-                    hosted,
-                    max(1, round(self._settings.heartbeat_s * 1000)),
-                    local.parent,
+                    name, self.node_id, hosted, self._interval_ms, local.parent, sums
                 )
                 envelope = self._envelope(self._key, name, KIND_HEARTBEAT, body)
                 self.counters["heartbeats_sent"] += 1
                 await self._emit(name, envelope)
             self._check_coordinator(name)
+        for name in sorted(self._views):
+            await self._report_upward(name)
+
+    @property
+    def _interval_ms(self) -> int:
+        return max(1, round(self._settings.heartbeat_s * 1000))
+
+    def _parent_of(self, name: str) -> str | None:
+        local = self._local.get(name)
+        if local is not None and local.parent is not None:
+            return local.parent
+        view = self._views.get(name)
+        return None if view is None else view.parent
+
+    async def _report_upward(self, name: str) -> None:
+        """If a local agent coordinates `name` and it has a parent, report its subtree there."""
+        parent = self._parent_of(name)
+        if parent is None:
+            return
+        now = trio.current_time()
+        view = self._views[name]
+        coordinator = view.coordinator(now)
+        if coordinator is None or view.members(now).get(coordinator) != self.node_id:
+            return
+        # A parent chain that comes back here would count the subtree again every round.
+        seen: set[str] = {name}
+        up: str | None = parent
+        while up is not None:
+            if up in seen:
+                self.counters["parent_cycle"] += 1
+                return
+            seen.add(up)
+            up = self._parent_of(up)
+        if parent not in self._local:
+            try:
+                async with self._lock:
+                    if parent not in self._local:
+                        await self._add(parent, _Local(None))
+            except SwarmError as exc:
+                self.counters["report_refused"] += 1
+                log.warning("swarms: cannot follow parent %s of %s: %s", parent, name, exc)
+                return
+        try:
+            key = await self._runtime.signing_key(coordinator)
+        except UnknownAgent:  # deleted or migrating since the heartbeat: next round
+            return
+        agents, totals = view.aggregate(now)
+        body = aggregate_body(parent, name, agents, totals, self._interval_ms)
+        self.counters["aggregates_sent"] += 1
+        await self._emit(parent, self._envelope(key, parent, KIND_AGGREGATE, body))
 
     # -- inside ---------------------------------------------------------------------------
 
@@ -385,6 +475,8 @@ class Swarms:
             self._reject(exc)
             return
         self.counters["received"] += 1
+        if envelope.kind == KIND_AGGREGATE:
+            self.counters["aggregates_received"] += 1
         self._apply(name, envelope)
 
     def _apply(self, name: str, envelope: Envelope) -> None:
@@ -448,7 +540,10 @@ class Swarms:
         )
 
     async def _save(self) -> None:
-        data = {n: [s.parent, sorted(s.members)] for n, s in sorted(self._local.items())}
+        data = {
+            n: [s.parent, sorted(s.members), s.contributions]
+            for n, s in sorted(self._local.items())
+        }
         await self._runtime.store.set_meta(META_SWARMS, cbor2.dumps(data))
 
     async def _load(self) -> None:
@@ -459,12 +554,14 @@ class Swarms:
             data = cbor2.loads(raw)
             if not isinstance(data, dict):
                 raise ValueError("not a map")
-            for name, (parent, members) in data.items():
+            for name, (parent, members, *rest) in data.items():
+                contributions = rest[0] if rest else {}  # layer-1 entries had none
                 check_swarm_name(name)
                 if parent is not None:
                     check_swarm_name(parent)
                 kept = {m for m in members if isinstance(m, bytes) and len(m) == 32}
-                self._local[name] = _Local(parent, kept)
+                given = {m: check_sums(c) for m, c in contributions.items() if m in kept}
+                self._local[name] = _Local(parent, kept, given)
                 self._views[name] = self._new_view(name)
         except (cbor2.CBORDecodeError, ValueError, TypeError) as exc:
             log.error(
@@ -472,3 +569,12 @@ class Swarms:
             )
             self._local.clear()
             self._views.clear()
+
+
+def _aggregate_json(view: SwarmView, now: float) -> dict[str, Any]:
+    agents, totals = view.aggregate(now)
+    children = {
+        name: {"agents": count, "totals": sums}
+        for name, (count, sums) in view.children(now).items()
+    }
+    return {"agents": agents, "totals": totals, "children": children}

@@ -8,9 +8,13 @@ A swarm is a named group of agents on any number of nodes. Its records travel as
 - `swarm.leave`: signed by the leaving agent; body `{0: name}`.
 - `swarm.hb` (heartbeat): signed by the *node key* (the envelope's sender is the node's
   Ed25519 public key, the one inside its PeerID); body `{0: name, 1: node PeerID, 2: [agent
-  ids], 3: interval ms, 4: parent or null}`. One per node and swarm, every interval, listing
-  the node's member agents. It is the node's word for its own agents: the node holds their
-  secret keys, so it could sign their joins anyway.
+  ids], 3: interval ms, 4: parent or null, 5: {key: number}}`. One per node and swarm, every
+  interval, listing the node's member agents and the sums of their contributions. It is the
+  node's word for its own agents: the node holds their secret keys, so it could sign their
+  joins anyway.
+- `swarm.agg` (hierarchy): on the *parent's* topic, signed by the child swarm's coordinator;
+  body `{0: parent, 1: child, 2: agents in the child's subtree, 3: {key: number} totals, 4:
+  interval ms}`. One per child swarm and interval, whatever the child's size.
 
 `SwarmView` folds records into a view: a node's members are live while its last heartbeat (or
 a join naming it) is younger than `misses` of its intervals, so a crashed node's agents leave
@@ -23,6 +27,7 @@ seconds; nothing here reads a clock.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -33,15 +38,19 @@ from protocol.errors import RejectReason, RemoteProtocolError
 from protocol.ids import AGENT_ID_LEN, AgentId, NodeId
 
 __all__ = [
+    "KIND_AGGREGATE",
     "KIND_HEARTBEAT",
     "KIND_JOIN",
     "KIND_LEAVE",
     "MAX_MEMBERS_PER_NODE",
     "SWARM_TOPIC_PREFIX",
+    "Aggregate",
     "Heartbeat",
     "Join",
     "Leave",
     "SwarmView",
+    "aggregate_body",
+    "check_sums",
     "check_swarm_name",
     "heartbeat_body",
     "join_body",
@@ -54,6 +63,9 @@ SWARM_TOPIC_PREFIX: Final = "swarm/"
 KIND_JOIN: Final = "swarm.join"
 KIND_LEAVE: Final = "swarm.leave"
 KIND_HEARTBEAT: Final = "swarm.hb"
+KIND_AGGREGATE: Final = "swarm.agg"
+MAX_SUM_KEYS: Final = 32
+_MAX_KEY_LEN: Final = 64
 # A heartbeat of 1,500 ids is about 50 KiB, under the 64 KiB envelope limit.
 MAX_MEMBERS_PER_NODE: Final = 1_500
 _MAX_INTERVAL_MS: Final = 600_000
@@ -102,9 +114,23 @@ class Heartbeat:
     interval_ms: int
     parent: str | None
     created_ms: int
+    sums: dict[str, int | float] = field(default_factory=dict)
 
 
-Record = Join | Leave | Heartbeat
+@dataclass(frozen=True, slots=True)
+class Aggregate:
+    """`child`'s coordinator reports its subtree to the parent `swarm`."""
+
+    swarm: str
+    child: str
+    signer: AgentId
+    agents: int
+    totals: dict[str, int | float]
+    interval_ms: int
+    created_ms: int
+
+
+Record = Join | Leave | Heartbeat | Aggregate
 
 
 def join_body(swarm: str, node: NodeId, parent: str | None) -> dict[int, Any]:
@@ -118,13 +144,60 @@ def leave_body(swarm: str) -> dict[int, Any]:
 
 
 def heartbeat_body(
-    swarm: str, node: NodeId, members: Iterable[AgentId], interval_ms: int, parent: str | None
+    swarm: str,
+    node: NodeId,
+    members: Iterable[AgentId],
+    interval_ms: int,
+    parent: str | None,
+    sums: dict[str, int | float] | None = None,
 ) -> dict[int, Any]:
     """The body of a `swarm.hb` envelope (members sorted, at most MAX_MEMBERS_PER_NODE)."""
     raws = sorted({m.raw for m in members})
     if len(raws) > MAX_MEMBERS_PER_NODE:
         raise ValueError(f"{len(raws)} members, at most {MAX_MEMBERS_PER_NODE} per heartbeat")
-    return {0: check_swarm_name(swarm), 1: node.raw, 2: raws, 3: interval_ms, 4: parent}
+    body = {0: check_swarm_name(swarm), 1: node.raw, 2: raws, 3: interval_ms, 4: parent}
+    body[5] = check_sums(sums or {})
+    return body
+
+
+def aggregate_body(
+    parent: str, child: str, agents: int, totals: dict[str, int | float], interval_ms: int
+) -> dict[int, Any]:
+    """The body of a `swarm.agg` envelope."""
+    return {
+        0: check_swarm_name(parent),
+        1: check_swarm_name(child),
+        2: agents,
+        3: check_sums(totals),
+        4: interval_ms,
+    }
+
+
+def check_sums(sums: object) -> dict[str, int | float]:
+    """A map of at most MAX_SUM_KEYS keys (1..64 chars) to finite numbers; else ValueError."""
+    if not isinstance(sums, dict) or len(sums) > MAX_SUM_KEYS:
+        raise ValueError(f"sums are a map of at most {MAX_SUM_KEYS} keys")
+    for key, value in sums.items():
+        if not isinstance(key, str) or not 0 < len(key) <= _MAX_KEY_LEN:
+            raise ValueError(f"a sum's key is 1..{_MAX_KEY_LEN} characters: {key!r:.80}")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"sum {key!r:.80} is not a number")
+        if not math.isfinite(value) or abs(value) > 2**53:
+            raise ValueError(f"sum {key!r:.80} is not finite or too large")
+    return dict(sums)
+
+
+def _sums(value: object) -> dict[str, int | float]:
+    try:
+        return check_sums(value)
+    except ValueError as exc:
+        raise _bad(str(exc)) from None
+
+
+def _interval(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= _MAX_INTERVAL_MS:
+        raise _bad(f"interval must be 1..{_MAX_INTERVAL_MS} ms")
+    return value
 
 
 def _bad(detail: str) -> RemoteProtocolError:
@@ -169,27 +242,42 @@ def parse_record(envelope: Envelope) -> Record:
         body = _body(envelope, frozenset({0}))
         record = Leave(_name(body[0]), envelope.sender, envelope.created_ms)
     elif kind == KIND_HEARTBEAT:
-        body = _body(envelope, frozenset({0, 1, 2, 3, 4}))
+        body = _body(envelope, frozenset({0, 1, 2, 3, 4, 5}))
         node = NodeId.from_bytes(body[1])
         if node.public_key != envelope.sender.raw:
             raise RemoteProtocolError(
                 RejectReason.UNAUTHORIZED, "a heartbeat must be signed by the node it names"
             )
-        members, interval = body[2], body[3]
+        members = body[2]
         if not isinstance(members, list) or len(members) > MAX_MEMBERS_PER_NODE:
             raise _bad(f"heartbeat members must be a list of at most {MAX_MEMBERS_PER_NODE}")
         if not all(isinstance(m, bytes) and len(m) == AGENT_ID_LEN for m in members):
             raise _bad("heartbeat members must be 32-byte agent ids")
-        if not isinstance(interval, int) or not 0 < interval <= _MAX_INTERVAL_MS:
-            raise _bad(f"heartbeat interval must be 1..{_MAX_INTERVAL_MS} ms")
         record = Heartbeat(
             _name(body[0]),
             node,
             tuple(AgentId(m) for m in members),
-            interval,
+            _interval(body[3]),
             _parent(body[4]),
             envelope.created_ms,
+            _sums(body[5]),
         )
+    elif kind == KIND_AGGREGATE:
+        body = _body(envelope, frozenset({0, 1, 2, 3, 4}))
+        agents = body[2]
+        if isinstance(agents, bool) or not isinstance(agents, int) or not 0 <= agents < 2**53:
+            raise _bad("aggregate agents must be a count")
+        record = Aggregate(
+            _name(body[0]),
+            _name(body[1]),
+            envelope.sender,
+            agents,
+            _sums(body[3]),
+            _interval(body[4]),
+            envelope.created_ms,
+        )
+        if record.child == record.swarm:
+            raise _bad("a swarm cannot report to itself")
     else:
         raise _bad(f"not a swarm record kind: {kind!r:.40}")
     if envelope.recipient != SWARM_TOPIC_PREFIX + record.swarm:
@@ -208,6 +296,17 @@ class _NodeEntry:
     hb_ms: int = -1  # created time of the last heartbeat taken
     # agent raw id -> created ms of the record that put it here
     members: dict[bytes, int] = field(default_factory=dict)
+    sums: dict[str, int | float] = field(default_factory=dict)  # of its members' contributions
+
+
+@dataclass(slots=True)
+class _Child:
+    """The last report of a child swarm."""
+
+    seen: float
+    interval_s: float
+    agents: int
+    totals: dict[str, int | float]
 
 
 class SwarmView:
@@ -222,6 +321,7 @@ class SwarmView:
         self._default_interval_s = default_interval_s
         self._max_nodes = max_nodes
         self._nodes: dict[bytes, _NodeEntry] = {}
+        self._children: dict[str, _Child] = {}
         # agent raw id -> (created ms of its leave, local time seen): a heartbeat made before
         # the leave must not bring the agent back; kept for `misses` intervals.
         self._left: dict[bytes, tuple[int, float]] = {}
@@ -234,7 +334,18 @@ class SwarmView:
             return self._join(record, now)
         if isinstance(record, Leave):
             return self._leave(record, now)
+        if isinstance(record, Aggregate):
+            return self._aggregate(record, now)
         return self._heartbeat(record, now)
+
+    def _aggregate(self, agg: Aggregate, now: float) -> bool:
+        # The latest report wins: after a coordinator change the new one takes over.
+        if agg.child not in self._children:
+            self.expire(now)
+            if len(self._children) >= self._max_nodes:
+                return False
+        self._children[agg.child] = _Child(now, agg.interval_ms / 1000, agg.agents, agg.totals)
+        return True
 
     def _entry(self, node: NodeId, now: float) -> _NodeEntry | None:
         entry = self._nodes.get(node.raw)
@@ -293,6 +404,7 @@ class SwarmView:
         entry.hb_ms = hb.created_ms
         entry.seen = now
         entry.interval_s = hb.interval_ms / 1000
+        entry.sums = hb.sums
         if hb.parent is not None and self.parent is None:
             self.parent = hb.parent
         return True
@@ -306,6 +418,10 @@ class SwarmView:
         ]
         for raw in gone:
             del self._nodes[raw]
+        for child in [
+            c for c, e in self._children.items() if now - e.seen > self._misses * e.interval_s
+        ]:
+            del self._children[child]
         horizon = self._misses * max(
             [self._default_interval_s, *(e.interval_s for e in self._nodes.values())]
         )
@@ -336,3 +452,21 @@ class SwarmView:
         self.expire(now)
         lowest = min((raw for e in self._nodes.values() for raw in e.members), default=None)
         return None if lowest is None else AgentId(lowest)
+
+    def children(self, now: float) -> dict[str, tuple[int, dict[str, int | float]]]:
+        """The live child swarms' last reports: name -> (agents, totals)."""
+        self.expire(now)
+        return {name: (c.agents, dict(c.totals)) for name, c in sorted(self._children.items())}
+
+    def aggregate(self, now: float) -> tuple[int, dict[str, int | float]]:
+        """Agents and summed contributions of this swarm's subtree (members + child reports)."""
+        self.expire(now)
+        agents = 0
+        totals: dict[str, int | float] = {}
+        parts = [(len(e.members), e.sums) for e in self._nodes.values()]
+        parts += [(c.agents, c.totals) for c in self._children.values()]
+        for count, sums in parts:
+            agents += count
+            for key, value in sums.items():
+                totals[key] = totals.get(key, 0) + value
+        return agents, dict(sorted(totals.items()))

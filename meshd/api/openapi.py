@@ -438,6 +438,16 @@ _AGENT_SCHEMAS: dict[str, dict[str, Any]] = {
             },
             "nodes": {"type": "array", "items": {"type": "string"}},
             "local_members": {"type": "integer", "minimum": 0},
+            "aggregate": {
+                "type": "object",
+                "description": "The subtree: live members plus child swarms' last reports "
+                "(agents, summed contributions), and each child's report.",
+                "properties": {
+                    "agents": {"type": "integer", "minimum": 0},
+                    "totals": {"type": "object", "additionalProperties": {"type": "number"}},
+                    "children": {"type": "object"},
+                },
+            },
         },
     },
     "SubscriptionRequest": {

@@ -110,6 +110,14 @@ class SwarmHandle(Protocol):
         """The coordinator's agent id (lowest live member id), or None if there is none."""
         ...
 
+    async def contribute(self, values: dict[str, int | float]) -> None:
+        """Set this member's numbers, summed up the swarm hierarchy (replaces the last ones)."""
+        ...
+
+    def aggregate(self) -> dict[str, Any]:
+        """This swarm's subtree as this node sees it: agents, totals, children's reports."""
+        ...
+
 
 class Context(Protocol):
     """What a running agent can do; passed to every handler."""

@@ -101,8 +101,10 @@ def test_three_daemons_agree_and_re_choose_after_a_kill(mesh: list[LocalDaemon])
     assert all(s["coordinator"] == coordinator for s in shown)
     assert all(s["parent"] == "org" for s in shown)  # b and c learned it from a's records
     assert all(s["state"] == "active" for s in shown)
-    listed = cli(b, "list")["swarms"]
-    assert [(s["name"], s["members"], s["local_members"]) for s in listed] == [("team", 6, 2)]
+    # The coordinator's node also follows the parent, "org", to report to it.
+    listed = {s["name"]: s for s in cli(b, "list")["swarms"]}
+    assert (listed["team"]["members"], listed["team"]["local_members"]) == (6, 2)
+    assert set(listed) <= {"org", "team"}
 
     # SIGKILL the coordinator's node: the others drop its agents and re-choose.
     victim = hosts[coordinator]
@@ -146,5 +148,19 @@ def test_three_daemons_agree_and_re_choose_after_a_kill(mesh: list[LocalDaemon])
     assert result.returncode == EXIT_API_ERROR
     assert "unknown_swarm" in result.stderr
     status = survivor.get("/v1/status")["swarms"]
-    assert status["swarms"] == 1
+    assert status["swarms"] in (1, 2)  # team, and org if it coordinated team
+
+    # Hierarchy: team's coordinator reports its subtree to the parent "org" on its node.
+    leader = hosts[lowest(rest)]
+    wait_until(
+        lambda: (
+            "org" in [s["name"] for s in leader.get("/v1/swarms")["swarms"]]
+            and leader.get("/v1/swarms/org")["aggregate"]["children"].get("team", {}).get("agents")
+            == len(rest)
+        ),
+        timeout=AGREE_S,
+        interval=0.2,
+        what="org receiving team's aggregate",
+    )
+    assert cli(leader, "show", "org")["aggregate"]["agents"] == len(rest)
     assert status["received"] > 0

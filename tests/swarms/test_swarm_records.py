@@ -15,13 +15,16 @@ from protocol.envelope import Envelope
 from protocol.errors import RejectReason, RemoteProtocolError
 from protocol.ids import AgentId, NodeId, SigningKey
 from protocol.swarm import (
+    KIND_AGGREGATE,
     KIND_HEARTBEAT,
     KIND_JOIN,
     KIND_LEAVE,
+    Aggregate,
     Heartbeat,
     Join,
     Leave,
     SwarmView,
+    aggregate_body,
     check_swarm_name,
     heartbeat_body,
     join_body,
@@ -49,8 +52,15 @@ def leave(agent: SigningKey, ms: int) -> Leave:
     return record
 
 
-def hb(node: SigningKey, members: list[SigningKey], ms: int, interval_ms: int = 1000) -> Heartbeat:
-    body = heartbeat_body("s", node.node_id, [m.agent_id for m in members], interval_ms, None)
+def hb(
+    node: SigningKey,
+    members: list[SigningKey],
+    ms: int,
+    interval_ms: int = 1000,
+    sums: dict[str, int | float] | None = None,
+) -> Heartbeat:
+    ids = [m.agent_id for m in members]
+    body = heartbeat_body("s", node.node_id, ids, interval_ms, None, sums)
     record = parse_record(env(node, KIND_HEARTBEAT, body, ms))
     assert isinstance(record, Heartbeat)
     return record
@@ -107,9 +117,12 @@ def test_bad_records_are_refused_with_a_reason() -> None:
             parse_record(env(a, kind, body, 1))
         assert info.value.reason is reason, (kind, body)
     hb_cases = [
-        {0: "s", 1: node, 2: [b"short"], 3: 1000, 4: None},
-        {0: "s", 1: node, 2: [], 3: 0, 4: None},
-        {0: "s", 1: node, 2: [os.urandom(32)] * 1501, 3: 1000, 4: None},
+        {0: "s", 1: node, 2: [b"short"], 3: 1000, 4: None, 5: {}},
+        {0: "s", 1: node, 2: [], 3: 0, 4: None, 5: {}},
+        {0: "s", 1: node, 2: [os.urandom(32)] * 1501, 3: 1000, 4: None, 5: {}},
+        {0: "s", 1: node, 2: [], 3: 1000, 4: None, 5: {"x": "1"}},
+        {0: "s", 1: node, 2: [], 3: 1000, 4: None, 5: {"x": float("inf")}},
+        {0: "s", 1: node, 2: [], 3: 1000, 4: None},
     ]
     for body in hb_cases:
         with pytest.raises(RemoteProtocolError):
@@ -123,7 +136,7 @@ def test_bad_records_are_refused_with_a_reason() -> None:
     )
 )
 def test_arbitrary_bodies_parse_or_raise_remote_protocol_error(body: dict[int, Any]) -> None:
-    for kind in (KIND_JOIN, KIND_LEAVE, KIND_HEARTBEAT):
+    for kind in (KIND_JOIN, KIND_LEAVE, KIND_HEARTBEAT, KIND_AGGREGATE):
         with contextlib.suppress(RemoteProtocolError):
             parse_record(env(NODE_A, kind, body, 1))
 
@@ -213,3 +226,42 @@ def test_view_is_bounded_in_nodes() -> None:
     assert not view.apply(hb(nodes[2], [], 1), 0.0)
     assert NodeId(nodes[0].node_id.raw) in view.nodes(0.0)
     assert AgentId(a.public_key) in view.members(0.0)
+
+
+def agg(signer: SigningKey, child: str, agents_: int, totals: dict[str, int | float]) -> Aggregate:
+    body = aggregate_body("s", child, agents_, totals, 1000)
+    record = parse_record(env(signer, KIND_AGGREGATE, body, 1))
+    assert isinstance(record, Aggregate)
+    return record
+
+
+def test_aggregate_sums_members_and_child_reports() -> None:
+    a, b, c = agents(3)
+    view = SwarmView("s", misses=3)
+    view.apply(hb(NODE_A, [a, b], 1, sums={"work": 2, "cpu": 0.5}), 0.0)
+    view.apply(hb(NODE_B, [c], 1, sums={"work": 3}), 0.0)
+    view.apply(agg(a, "kid1", 100, {"work": 40}), 0.0)
+    view.apply(agg(b, "kid2", 7, {"work": 1, "mem": 9}), 0.0)
+    assert view.aggregate(0.0) == (110, {"cpu": 0.5, "mem": 9, "work": 46})
+    # A later report from another signer (a new coordinator) replaces the child's last one.
+    view.apply(agg(c, "kid2", 8, {"work": 2}), 1.0)
+    assert view.children(1.0) == {"kid1": (100, {"work": 40}), "kid2": (8, {"work": 2})}
+    # Reports expire like heartbeats: kid1 silent for more than 3 intervals.
+    view.apply(agg(c, "kid2", 8, {"work": 2}), 3.5)
+    view.apply(hb(NODE_A, [a, b], 2, sums={"work": 2}), 3.5)
+    view.apply(hb(NODE_B, [c], 2, sums={"work": 3}), 3.5)
+    assert view.aggregate(3.5) == (11, {"work": 7})
+
+
+def test_bad_aggregates_are_refused() -> None:
+    (a,) = agents(1)
+    for body in (
+        {0: "s", 1: "s", 2: 1, 3: {}, 4: 1000},
+        {0: "s", 1: "k", 2: -1, 3: {}, 4: 1000},
+        {0: "s", 1: "k", 2: True, 3: {}, 4: 1000},
+        {0: "s", 1: "k", 2: 1, 3: {"": 1}, 4: 1000},
+        {0: "s", 1: "k", 2: 1, 3: {}, 4: 0},
+        {0: "other", 1: "k", 2: 1, 3: {}, 4: 1000},
+    ):
+        with pytest.raises(RemoteProtocolError):
+            parse_record(env(a, KIND_AGGREGATE, body, 1))

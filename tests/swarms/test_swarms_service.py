@@ -185,8 +185,10 @@ async def test_leave_and_show_and_list(tmp_path: Path) -> None:
         await sw_b.leave("team", y)
         await until(lambda: sw_a.show("team")["state"] == "empty", "an empty swarm")
         listed = sw_a.list()
-        assert [s["name"] for s in listed] == ["team"]
-        assert listed[0]["members"] == 0
+        # A node that hosted team's coordinator may also follow the parent, to report to it.
+        (team,) = [s for s in listed if s["name"] == "team"]
+        assert team["members"] == 0
+        assert {s["name"] for s in listed} <= {"org", "team"}
         # Agents cannot take over a swarm topic through pub/sub.
         assert net_b.topics is not None
         with pytest.raises(AgentError):
@@ -278,3 +280,42 @@ async def test_agents_use_ctx_swarm(tmp_path: Path) -> None:
         assert kinds.SEEN[2]["changed"] is True
         assert kinds.SEEN[2]["members"] == {}
         assert kinds.SEEN[2]["coordinator"] is None
+
+
+async def test_three_level_hierarchy_aggregates_through_coordinators(tmp_path: Path) -> None:
+    bus = Bus()
+    async with (
+        swarm_node(bus, tmp_path / "a.db", os.urandom(32)) as (rt_a, sw_a, _),
+        swarm_node(bus, tmp_path / "b.db", os.urandom(32)) as (rt_b, sw_b, _),
+        swarm_node(bus, tmp_path / "c.db", os.urandom(32)) as (rt_c, sw_c, _),
+    ):
+        nodes = [(rt_a, sw_a), (rt_b, sw_b), (rt_c, sw_c)]
+        parents = {"m0": "org", "m1": "org", "l0": "m0", "l1": "m0", "l2": "m1", "l3": "m1"}
+        # One leader in org and in each mid swarm; three workers in each leaf swarm.
+        plan = [("org", 0), ("m0", 1), ("m1", 2)]
+        plan += [(f"l{i}", (i + j) % 3) for i in range(4) for j in range(3)]
+        work = 0
+        for n, (name, where) in enumerate(plan):
+            runtime, swarms = nodes[where]
+            if name in parents:
+                await swarms.create(name, parent=parents[name])
+            agent = await spawn(runtime)
+            await swarms.join(name, agent)
+            await swarms.contribute(name, agent, {"work": n})
+            work += n
+        with pytest.raises(SwarmError):
+            await sw_a.contribute("org", await spawn(rt_a), {"work": 1})  # not a member
+
+        def root() -> dict[str, Any]:
+            return sw_a.aggregate("org")
+
+        await until(
+            lambda: root()["agents"] == len(plan) and root()["totals"] == {"work": work},
+            "the root summing three levels",
+        )
+        # Each parent hears from its children only: org from m0 and m1, never from a leaf.
+        assert sorted(root()["children"]) == ["m0", "m1"]
+        mid_host = sw_b if "m0" in sw_b.names() and sw_b.coordinator("m0") else sw_a
+        assert sorted(mid_host.aggregate("m0")["children"]) == ["l0", "l1"]
+        assert sw_a.show("org")["aggregate"] == root()
+        assert sum(sw.stats().get("aggregates_sent", 0) for _, sw in nodes) > 0
