@@ -42,6 +42,7 @@ from protocol.swarm import (
     KIND_HEARTBEAT,
     KIND_JOIN,
     KIND_LEAVE,
+    MAX_MEMBERS_PER_NODE,
     SWARM_TOPIC_PREFIX,
     SwarmView,
     aggregate_body,
@@ -69,7 +70,8 @@ _REJECT_LOG_INTERVAL_S = 60.0
 
 
 class SwarmError(ValueError):
-    """A swarm operation the node refuses; `code`: bad_name, parent_conflict, max_swarms."""
+    """A refused swarm operation; `code`: bad_name, parent_conflict, max_swarms, max_members,
+    bad_sums, not_member."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -296,6 +298,13 @@ class Swarms:
             local = self._local[name]
             if agent.raw in local.members:
                 return False
+            if len(local.members) >= MAX_MEMBERS_PER_NODE:
+                # One heartbeat lists them all and must fit in an envelope.
+                raise SwarmError(
+                    "max_members",
+                    f"{name} has {len(local.members)} members on this node, the most one "
+                    "heartbeat carries",
+                )
             key = await self._runtime.signing_key(agent)
             envelope = self._envelope(
                 key, name, KIND_JOIN, join_body(name, self.node_id, local.parent)
@@ -559,7 +568,8 @@ class Swarms:
                 check_swarm_name(name)
                 if parent is not None:
                     check_swarm_name(parent)
-                kept = {m for m in members if isinstance(m, bytes) and len(m) == 32}
+                valid = sorted(m for m in members if isinstance(m, bytes) and len(m) == 32)
+                kept = set(valid[:MAX_MEMBERS_PER_NODE])
                 given = {m: check_sums(c) for m, c in contributions.items() if m in kept}
                 self._local[name] = _Local(parent, kept, given)
                 self._views[name] = self._new_view(name)

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = ["SWARM_ENDPOINTS"]
 
-_STATUS = {"bad_name": 400, "parent_conflict": 409, "max_swarms": 429}
+_STATUS = {"bad_name": 400, "parent_conflict": 409, "max_swarms": 429, "max_members": 429}
 
 
 def _swarms(view: NodeView) -> Swarms:
@@ -109,7 +109,8 @@ _BAD = {400: "Invalid input; the message names the field.", 503: "No swarm servi
 _MEMBER_ERRORS = {
     **_BAD,
     404: "The agent is not hosted here (or, to leave, the swarm is not followed here).",
-    429: "This node follows as many swarms as it allows (max_swarms).",
+    429: "This node follows as many swarms as it allows (max_swarms), or the swarm has as "
+    "many members on this node as one heartbeat carries (max_members, 1,500).",
 }
 
 SWARM_ENDPOINTS: tuple[Endpoint, ...] = (

@@ -319,3 +319,17 @@ async def test_three_level_hierarchy_aggregates_through_coordinators(tmp_path: P
         assert sorted(mid_host.aggregate("m0")["children"]) == ["l0", "l1"]
         assert sw_a.show("org")["aggregate"] == root()
         assert sum(sw.stats().get("aggregates_sent", 0) for _, sw in nodes) > 0
+
+
+async def test_members_per_node_are_capped_by_what_a_heartbeat_carries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("meshd.swarms.MAX_MEMBERS_PER_NODE", 2)
+    async with swarm_node(Bus(), tmp_path / "a.db", os.urandom(32)) as (rt, sw, _):
+        for _ in range(2):
+            await sw.join("team", await spawn(rt))
+        with pytest.raises(SwarmError) as info:
+            await sw.join("team", await spawn(rt))
+        assert info.value.code == "max_members"
+        await sw.tick()  # the heartbeat still goes out
+        assert len(sw.members("team")) == 2
