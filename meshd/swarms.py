@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -291,29 +292,35 @@ class Swarms:
 
     async def join(self, name: str, agent: AgentId) -> bool:
         """Make a local agent a member (creating the swarm here if new); False if it was."""
-        if not self._runtime.hosts(agent):
-            raise UnknownAgent(f"no agent {agent.did} on this node")
+        return await self.join_many(name, [agent]) == 1
+
+    async def join_many(self, name: str, agents: Sequence[AgentId]) -> int:
+        """Make local agents members, with one durable write; return how many were not yet."""
+        for agent in agents:
+            if not self._runtime.hosts(agent):
+                raise UnknownAgent(f"no agent {agent.did} on this node")
         await self.create(name)
         async with self._lock:
             local = self._local[name]
-            if agent.raw in local.members:
-                return False
-            if len(local.members) >= MAX_MEMBERS_PER_NODE:
+            new = sorted({a.raw for a in agents} - local.members)
+            if len(local.members) + len(new) > MAX_MEMBERS_PER_NODE:
                 # One heartbeat lists them all and must fit in an envelope.
                 raise SwarmError(
                     "max_members",
-                    f"{name} has {len(local.members)} members on this node, the most one "
-                    "heartbeat carries",
+                    f"{name} would have {len(local.members) + len(new)} members on this node, "
+                    f"more than one heartbeat carries ({MAX_MEMBERS_PER_NODE})",
                 )
-            key = await self._runtime.signing_key(agent)
-            envelope = self._envelope(
-                key, name, KIND_JOIN, join_body(name, self.node_id, local.parent)
-            )
-            local.members.add(agent.raw)
+            body = join_body(name, self.node_id, local.parent)
+            envelopes = [
+                self._envelope(await self._runtime.signing_key(AgentId(raw)), name, KIND_JOIN, body)
+                for raw in new
+            ]
+            local.members.update(new)
             await self._save()
-            self.counters["joins"] += 1
-        await self._emit(name, envelope)
-        return True
+            self.counters["joins"] += len(new)
+        for envelope in envelopes:
+            await self._emit(name, envelope)
+        return len(new)
 
     async def leave(self, name: str, agent: AgentId) -> bool:
         """Take a local agent out of the swarm; False if it was not a member here."""
@@ -372,9 +379,13 @@ class Swarms:
         )
         try:
             task_status.started()
+            # On a fixed schedule, not a sleep after each round: receivers expect a heartbeat
+            # every interval, however long a round of many swarms takes.
+            deadline = trio.current_time()
             while True:
                 await self.tick()
-                await trio.sleep(self._settings.heartbeat_s)
+                deadline = max(deadline + self._settings.heartbeat_s, trio.current_time())
+                await trio.sleep_until(deadline)
         finally:
             self._serving = False
 

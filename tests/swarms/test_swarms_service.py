@@ -333,3 +333,10 @@ async def test_members_per_node_are_capped_by_what_a_heartbeat_carries(
         assert info.value.code == "max_members"
         await sw.tick()  # the heartbeat still goes out
         assert len(sw.members("team")) == 2
+        # A batch joins all or none.
+        batch = [await spawn(rt) for _ in range(3)]
+        with pytest.raises(SwarmError):
+            await sw.join_many("crew", batch)
+        assert await sw.join_many("crew", batch[:2] + batch[:1]) == 2
+        assert await sw.join_many("crew", batch[:2]) == 0
+        assert set(sw.members("crew")) == set(batch[:2])
