@@ -24,6 +24,7 @@ INTERVAL_S = 2.0
 ENV = daemon_env(
     MESHD_SUMMARY_INTERVAL_S=str(INTERVAL_S),
     MESHD_SUMMARY_FP_RATE=str(FP_RATE),
+    MESHD_SUMMARY_MIN_PUSH_GAP_S="1",  # churn reaches neighbours sooner (default 5 s)
     MESHD_DHT_JOIN_JITTER_S="0.5",
     # Less background work (DHT walks, telemetry) on a machine that runs ten daemons at once.
     MESHD_DHT_FAST_WALK_S="5",
