@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol.cbor import DecodeLimits, encode_signed_map
+from protocol.cbor import DecodeLimits, encode_signed_map, loads_strict
 from protocol.envelope import (
     ENVELOPE_DOMAIN,
     Envelope,
@@ -222,6 +222,30 @@ def test_bodies_outside_plain_cbor_are_refused(body: Any) -> None:
     unsigned = cbor2.dumps(fields, canonical=True)
     frame = bytes((unsigned[0] + 1,)) + b"\x00\x58\x40" + b"\x00" * 64 + unsigned[1:]
     assert reason_of(frame) is RejectReason.MALFORMED
+
+
+def test_every_cbor_tag_is_refused_whatever_cbor2_knows_of_it() -> None:
+    # loads_strict lists the tags cbor2 decodes itself; a cbor2 that learns another one
+    # (which would then be decoded, not refused) makes this fail.
+    refused = 0
+    for number in range(65536):
+        with contextlib.suppress(RemoteProtocolError):
+            loads_strict(cbor2.dumps(cbor2.CBORTag(number, 0)))
+            continue
+        refused += 1
+    assert refused == 65536
+    for number in (2**16, 2**32 - 1, 2**32, 2**64 - 1):
+        with pytest.raises(RemoteProtocolError, match="tag"):
+            loads_strict(cbor2.dumps(cbor2.CBORTag(number, 0)))
+
+
+def test_trailing_bytes_are_refused_even_when_they_are_cbor() -> None:
+    frame = make().frame
+    for extra in (b"\x00", b"\xf6", frame, b"\xdb" + b"\xff" * 8 + b"\xf6"):
+        with pytest.raises(RemoteProtocolError, match=r"trailing|bad CBOR"):
+            loads_strict(frame + extra)
+    with pytest.raises(RemoteProtocolError, match="bad CBOR"):
+        loads_strict(frame[:-1])  # cut short: it cannot eat the trailer into a valid item
 
 
 @given(st.binary(max_size=300))
