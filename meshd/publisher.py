@@ -100,6 +100,10 @@ class Publisher:
         else:
             self._published[agent.raw] = (entry[0], now)
 
+    def migrated(self, agent: AgentId, arrived: bool) -> None:
+        """A migration: the migrator publishes the agent's new record itself (`moved`)."""
+        del agent, arrived
+
     async def deleting(self, agent: AgentId) -> None:
         """An agent is about to be deleted: sign its tombstone while its key still exists."""
         if agent.raw not in self._published and agent.raw not in self._queued:

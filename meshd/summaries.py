@@ -178,9 +178,9 @@ class Summaries:
         self._leaving[agent.raw] = trio.current_time() + self.settings.interval_s
         self.changed()
 
-    def moved(self, agent: AgentId) -> None:
-        """An agent arrived by migration."""
-        del agent
+    def migrated(self, agent: AgentId, arrived: bool) -> None:
+        """An agent arrived or left by migration: rebuild and push soon."""
+        del agent, arrived
         self.changed()
 
     def changed(self) -> None:
@@ -737,3 +737,8 @@ class Listeners:
         """An agent is about to be deleted."""
         for listener in self._listeners:
             await listener.deleting(agent)
+
+    def migrated(self, agent: AgentId, arrived: bool) -> None:
+        """An agent arrived or left by migration."""
+        for listener in self._listeners:
+            listener.migrated(agent, arrived)

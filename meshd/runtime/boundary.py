@@ -29,7 +29,7 @@ from protocol.ids import AgentId, SigningKey
 
 if TYPE_CHECKING:
     from meshd.runtime.activation import Activation
-    from meshd.runtime.runtime import Messenger
+    from meshd.runtime.runtime import Messenger, RuntimeListener
 
 __all__ = ["OPERATOR_NAME", "BoundaryMixin"]
 
@@ -46,6 +46,7 @@ class BoundaryMixin(IntakeMixin):
 
     # Provided by `Runtime.__init__`.
     messenger: Messenger
+    listener: RuntimeListener | None
     _activating: dict[bytes, trio.Event]
     _held: dict[bytes, list[tuple[Envelope, bool]]]
     _moved: OrderedDict[bytes, None]
@@ -136,7 +137,7 @@ class BoundaryMixin(IntakeMixin):
     async def forget_migrated(self, agent: AgentId) -> list[tuple[Envelope, bool]]:
         """The agent now lives on another node: drop it here WITHOUT a tombstone record.
 
-        The listener is not told (its `deleting` would publish `gone`). The local row becomes
+        The listener hears `migrated`, not `deleting` (which would publish `gone`). The row becomes
         a tombstone, which keeps the record sequence (for a later return) and the birth
         certificate (for its children's provenance). Returns the messages held during the
         move, for the caller to forward as (envelope, reliable).
@@ -151,6 +152,9 @@ class BoundaryMixin(IntakeMixin):
         while len(self._moved) > _MOVED_MAX:
             self._moved.popitem(last=False)
         log.info("agent %s migrated away", agent.did)
+        if self.listener is not None:
+            # migrated(), not deleting(): that would publish a tombstone.
+            self.listener.migrated(agent, arrived=False)
         return held
 
     def hosts_or_moved(self, agent: AgentId) -> bool:
@@ -180,6 +184,8 @@ class BoundaryMixin(IntakeMixin):
         self._moved.pop(raw, None)
         agent = AgentId(raw)
         log.info("agent %s arrived (%s, %d waiting)", agent.did, state.value, len(exported.inbox))
+        if self.listener is not None:
+            self.listener.migrated(agent, arrived=True)
         if state is State.DORMANT and raw not in self._external and exported.inbox:
             await self._flush_inbox(agent)
 

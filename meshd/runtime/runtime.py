@@ -108,6 +108,10 @@ class RuntimeListener(Protocol):
         """An agent is about to be deleted; its key still exists."""
         ...
 
+    def migrated(self, agent: AgentId, arrived: bool) -> None:
+        """An agent arrived here, or left, by migration (the migrator publishes its record)."""
+        ...
+
 
 class LocalMessenger:
     """Delivery to agents of this runtime only; what a node without a network uses."""

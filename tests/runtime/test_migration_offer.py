@@ -266,9 +266,31 @@ async def test_garbage_and_bit_flips_only_ever_refuse(tmp_path: Path) -> None:
 # --- two runtimes ----------------------------------------------------------------------------
 
 
+class MigrationEars:
+    """A runtime listener that records migrations (what summaries rebuild on)."""
+
+    def __init__(self) -> None:
+        self.heard: list[tuple[AgentId, bool]] = []
+
+    def spawned(self, agents: Sequence[bytes]) -> None:
+        """Not what this test listens for."""
+
+    def activated(self, agent: AgentId) -> None:
+        """Not what this test listens for."""
+
+    async def deleting(self, agent: AgentId) -> None:
+        """Not what this test listens for."""
+
+    def migrated(self, agent: AgentId, arrived: bool) -> None:
+        """Record it."""
+        self.heard.append((agent, arrived))
+
+
 async def test_agent_moves_with_state_inbox_and_running_handler(tmp_path: Path) -> None:
     async with two_nodes(tmp_path) as (a, b, moved):
         ra, rb = rt(a), rt(b)
+        ears_a, ears_b = MigrationEars(), MigrationEars()
+        ra.listener, rb.listener = ears_a, ears_b
         counter = await spawn(ra, "counter")
         for _ in range(3):
             await ra.deliver(message(ra, counter, {}))
@@ -289,6 +311,9 @@ async def test_agent_moves_with_state_inbox_and_running_handler(tmp_path: Path) 
         assert rb.hosts(counter)
         assert await count_of(rb, counter) == 3
         assert moved.agents == [slow, counter]
+        # Both runtimes told their listeners (a node's summary changes both ways).
+        assert ears_a.heard == [(slow, False), (counter, False)]
+        assert ears_b.heard == [(slow, True), (counter, True)]
         stored = await rb.store.get_agent(counter.raw)
         assert stored is not None
         assert stored.record_seq > seq_before
