@@ -29,6 +29,7 @@ from meshd.cli_client import (
     emit,
     format_fields,
     format_table,
+    inbox_wait_option,
     refused,
 )
 
@@ -404,14 +405,7 @@ def deny_command(
 @agent_group.command("attach")
 @click.argument("agent", metavar="ID")
 @click.option("--once", is_flag=True, help="Read one batch (waiting up to --wait s), then exit.")
-@click.option(
-    "--wait",
-    type=click.FloatRange(0, 300),
-    default=30.0,
-    show_default=True,
-    metavar="SECONDS",
-    help="How long each request waits for a message.",
-)
+@inbox_wait_option
 @click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
 @data_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Accepted; the output is JSON lines anyway.")

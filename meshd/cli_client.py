@@ -108,6 +108,18 @@ def json_option(func: F) -> F:
     )(func)
 
 
+def inbox_wait_option(func: F) -> F:
+    """Add `--wait SECONDS`: how long each long-poll for an inbox waits (attach, subscribe)."""
+    return click.option(
+        "--wait",
+        type=click.FloatRange(0, 300),
+        default=30.0,
+        show_default=True,
+        metavar="SECONDS",
+        help="How long each request waits for a message.",
+    )(func)
+
+
 def api_options(func: F) -> F:
     """The options every command talking to the daemon takes: `--data-dir` and `--json`."""
     return data_dir_option(json_option(func))

@@ -28,6 +28,7 @@ from meshd.cli_client import (
     api_options,
     data_dir_option,
     emit,
+    inbox_wait_option,
     refused,
 )
 
@@ -118,14 +119,7 @@ def _cleanup(client: ApiClient, agent: str, topic: str) -> None:
     "--count", type=click.IntRange(min=1), metavar="N", help="Exit after printing N messages."
 )
 @click.option("--once", is_flag=True, help="Print one batch (waiting up to --wait s), then exit.")
-@click.option(
-    "--wait",
-    type=click.FloatRange(0, 300),
-    default=30.0,
-    show_default=True,
-    metavar="SECONDS",
-    help="How long each request waits for a message.",
-)
+@inbox_wait_option
 @data_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Accepted; the output is JSON lines anyway.")
 def subscribe_command(
