@@ -562,7 +562,10 @@ class MessageStreams:
             while True:
                 try:
                     data = await stream.read(settings.read_size)
-                except Exception:  # EOF or reset: the peer is done with this stream
+                except Exception as exc:  # EOF or reset: the peer is done with this stream
+                    if type(exc).__name__ != "StreamEOF":
+                        self.counters["inbound_read_errors"] += 1
+                        log.info("message stream from %s ended: %s", peer_id, _short(exc))
                     data = b""
                 if not data:
                     break

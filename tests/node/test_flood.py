@@ -53,11 +53,16 @@ def _ask(daemon: Daemon, agent: str, body: dict[str, Any]) -> dict[str, Any]:
     return reply
 
 
-def _honest_rate(sender: Daemon, gen: str, sinks: list[str]) -> float:
+def _honest_rate(sender: Daemon, gen: str, sinks: list[str], *, warm_up: bool = False) -> float:
     """Messages per second the honest load generator got delivered (ACKed)."""
     _ask(sender, gen, {"op": "prepare", "targets": sinks, "count": HONEST_MESSAGES})
     blast = _ask(sender, gen, {"op": "blast", "concurrency": 32})
     delivered = blast["outcomes"].get("delivered", 0)
+    if warm_up:
+        # Right after connecting, the DHT, summaries, telemetry and pub/sub all open their
+        # streams at once, and py-libp2p now and then resets the message stream among them
+        # (its in-flight messages come back `unreachable`): the warm-up absorbs that.
+        return float(delivered / blast["elapsed_s"])
     # py-libp2p drops a loaded connection now and then; the messages in flight on it come
     # back `unreachable` (at most once): a few may, the rate counts only what arrived.
     assert delivered >= 0.95 * HONEST_MESSAGES, blast
@@ -155,7 +160,7 @@ def test_flooder_is_rate_limited_then_banned_and_honest_traffic_flows(daemons: D
     (gen,) = [
         a["id"] for a in sender.post("/v1/agents", {"kind": "bench.loadgen:LoadGen"})["agents"]
     ]
-    _honest_rate(sender, gen, sinks)  # warm up: locations, streams, activations
+    _honest_rate(sender, gen, sinks, warm_up=True)  # locations, streams, activations
     unloaded = _honest_rate(sender, gen, sinks)
 
     flooder = Flooder(receiver.addrs[0], sinks)

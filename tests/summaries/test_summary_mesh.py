@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 
 from meshd.localmesh import LocalDaemon, daemon_env, meshd_command, wait_until
+from protocol.sketch import HyperLogLog
+from protocol.telemetry import NODE_PRECISION
 
 pytestmark = pytest.mark.slow
 
@@ -165,6 +167,10 @@ def test_status_mesh_estimates_agents_and_nodes(mesh: list[LocalDaemon]) -> None
     # the sum of the nodes' own counts; the estimate comes from gossiped sketches.
     truth = sum(_status(node)["agents"]["total"] for node in mesh)
     assert truth >= NODES * AGENTS
+    # Ten node ids in 1,024 registers: two share one about 4% of the time, and the estimate
+    # is then exactly one short; the Gaussian 3-sigma bound (1 node) does not cover a
+    # discrete count that small, so one node of slack.
+    node_slack = max(3 * HyperLogLog(NODE_PRECISION).relative_error * NODES, 1.0)
 
     def converged() -> dict[str, Any] | None:
         result = meshd_command("status", "--mesh", "--json", "--data-dir", str(mesh[-1].data_dir))
@@ -172,12 +178,14 @@ def test_status_mesh_estimates_agents_and_nodes(mesh: list[LocalDaemon]) -> None
         estimates: dict[str, Any] = json.loads(result.stdout)["mesh"]
         complete = estimates["nodes_reporting"] == NODES and estimates["agents_reported"] == truth
         within = abs(estimates["agents"] - truth) <= 3 * estimates["agents_error"] * truth
+        # The epochs' sketches fill as reports spread: wait for the nodes' too.
+        within = within and abs(estimates["nodes"] - NODES) <= node_slack
         return estimates if complete and within else None
 
     estimates = wait_until(converged, timeout=60, interval=1.0, what="mesh estimates converge")
     # The sketch's stated error: 3 standard errors (99.7%), for agents and for nodes.
     assert estimates["agents_bound"][0] <= truth <= estimates["agents_bound"][1]
-    assert abs(estimates["nodes"] - NODES) <= 3 * estimates["nodes_error"] * NODES
+    assert abs(estimates["nodes"] - NODES) <= node_slack
     print(f"agents: estimate {estimates['agents']} truth {truth}; nodes {estimates['nodes']}")
     text = meshd_command("status", "--mesh", "--data-dir", str(mesh[0].data_dir))
     assert text.returncode == 0, text.stderr
