@@ -17,7 +17,9 @@ Measured in one run, then printed as ratios to ceilings measured in the same run
 4. py-libp2p's stream rate with one write() per message, and with 64 messages per write,
    between two other processes (bare networks, no meshd protocol).
 
-Everything is bounded in time; the last line is a JSON summary.
+Everything is bounded in time; the last line is a JSON summary. With
+MESHD_BENCH_PROFILE=DIR (and py-spy installed), both daemons are sampled during the
+throughput phase into DIR/sender.txt and DIR/receiver.txt (collapsed stacks).
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -111,6 +116,35 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _start_profilers(pids: dict[str, int]) -> list[subprocess.Popen[bytes]]:
+    """With MESHD_BENCH_PROFILE=DIR, sample both daemons with py-spy during the blast."""
+    out = os.environ.get("MESHD_BENCH_PROFILE")
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not out or not Path(spy).exists():
+        return []
+    Path(out).mkdir(parents=True, exist_ok=True)
+    procs = []
+    for name, pid in pids.items():
+        args = ["record", "--pid", str(pid), "--rate", "200", "--format", "raw"]
+        args += ["--nonblocking", "--duration", str(int(PHASE_TIMEOUT_S))]
+        args += ["--output", f"{out}/{name}.txt"]
+        procs.append(
+            subprocess.Popen([spy, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        )
+    return procs
+
+
+def _stop_profilers(profilers: list[subprocess.Popen[bytes]]) -> None:
+    """Stop py-spy (SIGINT makes it write what it sampled)."""
+    for proc in profilers:
+        proc.send_signal(signal.SIGINT)
+    for proc in profilers:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def run_daemons(root: Path) -> dict[str, Any]:
     """Start both daemons, run the latency, echo and throughput phases; return raw figures."""
     env = daemon_env(PYTHONPATH=str(ROOT))
@@ -150,8 +184,14 @@ def run_daemons(root: Path) -> dict[str, Any]:
         assert receiver.proc is not None
         pids = {"sender": sender.proc.pid, "receiver": receiver.proc.pid}
         cpu0 = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+        profilers = _start_profilers(pids)
         began = time.perf_counter()
-        blasts = _ask_all(sender, {g: {"op": "blast", "concurrency": CONCURRENCY} for g in gens})
+        try:
+            blasts = _ask_all(
+                sender, {g: {"op": "blast", "concurrency": CONCURRENCY} for g in gens}
+            )
+        finally:
+            _stop_profilers(profilers)
         wall = time.perf_counter() - began
         cpu = {name: _cpu_seconds(pid) - cpu0[name] for name, pid in pids.items()}
         outcomes: Counter[str] = sum((Counter(b["outcomes"]) for b in blasts), Counter())

@@ -199,8 +199,18 @@ class BloomFilter:
 
     def __contains__(self, item: bytes) -> bool:
         """Whether the item may have been added (never False for an added item)."""
-        data = self._data
-        return all(data[p >> 3] >> (p & 7) & 1 for p in self._positions(item))
+        if type(item) is not bytes:
+            raise LocalProtocolError(f"Bloom filter items must be bytes, not {type(item).__name__}")
+        # Probed one at a time: a miss (most lookups of most filters) ends at the first
+        # clear bit, mostly the first or second one.
+        h1, h2 = _DIGEST.unpack(mmh3.hash_bytes(item, self._seed))
+        data, m = self._data, self._bits
+        position, step = h1 % m, h2 % m
+        for _ in range(self._hashes):
+            if not data[position >> 3] >> (position & 7) & 1:
+                return False
+            position = (position + step) % m
+        return True
 
     def contains_many(self, items: Iterable[bytes]) -> list[bool]:
         """Membership of every item of `items`, in order."""
