@@ -23,9 +23,9 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import cbor2
 import trio
@@ -34,7 +34,9 @@ from meshd.clock import WallClock, wall_ms
 from meshd.net.types import TopicHandler
 from meshd.runtime.lifecycle import UnknownAgent
 from meshd.runtime.sdk import AgentError
+from meshd.swarm_doc import SwarmError
 from meshd.swarm_settings import SwarmSettings
+from meshd.swarm_shared import SharedState
 from protocol.envelope import Envelope
 from protocol.errors import RemoteProtocolError
 from protocol.ids import AgentId, NodeId, SigningKey
@@ -55,28 +57,22 @@ from protocol.swarm import (
     parse_record,
     swarm_topic,
 )
+from protocol.swarm_state import KIND_STATE, KIND_UPDATE
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
 
     from meshd.runtime.runtime import Runtime
 
-__all__ = ["META_SWARMS", "AgentSwarm", "SwarmError", "SwarmNetwork", "Swarms"]
+__all__ = ["META_SWARMS", "AgentSwarm", "AgentSwarmState", "SwarmError", "SwarmNetwork", "Swarms"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("meshd.swarms")
 
 META_SWARMS = "swarms"
 _ENVELOPE_TTL_MS = 60_000
 _REJECT_LOG_INTERVAL_S = 60.0
-
-
-class SwarmError(ValueError):
-    """A refused swarm operation; `code`: bad_name, parent_conflict, max_swarms, max_members,
-    bad_sums, not_member."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class SwarmNetwork(Protocol):
@@ -151,6 +147,96 @@ class AgentSwarm:
             return {"agents": 0, "totals": {}, "children": {}}
         return self._swarms.aggregate(self._name)
 
+    @property
+    def state(self) -> AgentSwarmState:
+        """The swarm's shared key/value state (read by anyone here, written by members)."""
+        return AgentSwarmState(self)
+
+    def _member(self) -> SharedState:
+        """The shared state, if this agent is a member here (else AgentError)."""
+        if not self._swarms.is_local_member(self._name, self._agent):
+            raise AgentError(f"{self._agent.did} is not a member of swarm {self._name}")
+        return self._swarms.shared
+
+    async def _call(self, op: Awaitable[T]) -> T:
+        try:
+            return await op
+        except SwarmError as exc:
+            raise AgentError(str(exc)) from None
+
+    def tasks(self) -> list[dict[str, Any]]:
+        """The task board: id, spec, state (open, claimed, done), claimant, result."""
+        if self._name not in self._swarms.names():
+            return []
+        return self._swarms.shared.tasks(self._name)
+
+    async def add_task(self, spec: Any) -> str:
+        """Put a task (any JSON) on the board; return its id."""
+        return await self._call(self._member().add_task(self._name, spec, self._agent))
+
+    async def claim(self, task: str) -> bool:
+        """Claim a task; True once this agent won it (after the settle delay)."""
+        shared = self._member()
+        return await self._call(shared.claim(self._name, task, self._agent, self._swarms.settle_s))
+
+    async def complete(self, task: str, result: Any = None) -> bool:
+        """Mark a task done with its result; False if it already was."""
+        return await self._call(self._member().complete(self._name, task, self._agent, result))
+
+    async def next_task(self) -> dict[str, Any] | None:
+        """Claim the oldest open task this agent wins; None when no open task is left."""
+        shared = self._member()
+        for task in shared.tasks(self._name):
+            if task["state"] == "open" and await self.claim(task["id"]):
+                return task
+        return None
+
+    async def propose(self, text: str) -> str:
+        """Propose `text` to the swarm's live members; return the proposal id (hex)."""
+        decision = await self._call(self._member().propose(self._name, text, self._agent))
+        return str(decision["id"])
+
+    async def vote(self, proposal: str, yes: bool) -> dict[str, Any]:
+        """Sign and cast this agent's ballot; return the decision so far."""
+        return await self._call(self._member().vote(self._name, proposal, self._agent, yes))
+
+    def decision(self, proposal: str) -> dict[str, Any]:
+        """A proposal's verdict as its ballots here prove it (outcome, yes, no, quorum)."""
+        try:
+            return self._swarms.shared.decision(self._name, proposal)
+        except (SwarmError, KeyError) as exc:
+            raise AgentError(str(exc)) from None
+
+
+class AgentSwarmState:
+    """`ctx.swarm(name).state`: the swarm's shared key/value document."""
+
+    __slots__ = ("_swarm",)
+
+    def __init__(self, swarm: AgentSwarm) -> None:
+        self._swarm = swarm
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every key and its JSON value, as this node's replica holds them."""
+        swarms = self._swarm._swarms
+        if self._swarm.name not in swarms.names():
+            return {}
+        return swarms.shared.state(self._swarm.name)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """One key's value, or `default`."""
+        return self.snapshot().get(key, default)
+
+    async def set(self, key: str, value: Any) -> None:
+        """Write one key (any JSON value); replicated to every node following the swarm."""
+        swarm = self._swarm
+        await swarm._call(swarm._member().set_state(swarm.name, key, value))
+
+    async def delete(self, key: str) -> None:
+        """Remove one key."""
+        swarm = self._swarm
+        await swarm._call(swarm._member().set_state(swarm.name, key, None, delete=True))
+
 
 @dataclass(slots=True)
 class _Local:
@@ -191,6 +277,7 @@ class Swarms:
         self._reject_logged: dict[str, float] = {}
         self.counters: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
+        self.shared = SharedState(self)
 
     # -- queries --------------------------------------------------------------------------
 
@@ -251,7 +338,23 @@ class Swarms:
         out["swarms"] = len(self._local)
         out["local_memberships"] = sum(len(s.members) for s in self._local.values())
         out["rejected"] = dict(sorted(self.rejected.items()))
+        out["shared"] = self.shared.stats()
         return out
+
+    def is_local_member(self, name: str, agent: AgentId) -> bool:
+        """Whether a local agent is a member of the swarm here."""
+        local = self._local.get(name)
+        return local is not None and agent.raw in local.members
+
+    def local_members(self, name: str) -> Sequence[AgentId]:
+        """The swarm's members hosted here."""
+        local = self._local.get(name)
+        return [] if local is None else [AgentId(raw) for raw in sorted(local.members)]
+
+    @property
+    def settle_s(self) -> float:
+        """How long a task claim waits for concurrent claims before it counts (two heartbeats)."""
+        return max(0.1, 2 * self._settings.heartbeat_s)
 
     def aggregate(self, name: str) -> dict[str, Any]:
         """The swarm's subtree: agents and summed contributions, with its children's reports."""
@@ -414,6 +517,7 @@ class Swarms:
             self._check_coordinator(name)
         for name in sorted(self._views):
             await self._report_upward(name)
+        await self.shared.tick()
 
     @property
     def _interval_ms(self) -> int:
@@ -463,6 +567,47 @@ class Swarms:
         self.counters["aggregates_sent"] += 1
         await self._emit(parent, self._envelope(key, parent, KIND_AGGREGATE, body))
 
+    # -- for the shared state (meshd.swarm_shared) -----------------------------------------
+
+    @property
+    def store(self) -> Any:
+        """The node's store (meta entries)."""
+        return self._runtime.store
+
+    @property
+    def heartbeat_s(self) -> float:
+        """Seconds between heartbeats."""
+        return self._settings.heartbeat_s
+
+    def wall_ms(self) -> int:
+        """Wall-clock milliseconds (the envelopes' clock)."""
+        return self._clock()
+
+    async def agent_key(self, agent: AgentId) -> SigningKey:
+        """A local agent's signing key (UnknownAgent if it is not hosted here)."""
+        return await self._runtime.signing_key(agent)
+
+    def sign(self, key: SigningKey, name: str, kind: str, body: Any, ttl_ms: int) -> Envelope:
+        """An envelope to the swarm's topic signed by `key`, living `ttl_ms`."""
+        self._last_ms = max(self._clock(), self._last_ms + 1)
+        return Envelope.create(
+            key, swarm_topic(name), kind, body, now_ms=self._last_ms, ttl_ms=ttl_ms
+        )
+
+    def node_envelope(self, name: str, kind: str, body: Any) -> Envelope:
+        """An envelope to the swarm's topic signed by this node's key."""
+        return self._envelope(self._key, name, kind, body)
+
+    async def publish(self, name: str, envelope: Envelope) -> None:
+        """Publish on the swarm's topic (best effort), without folding it into the view."""
+        if not self._serving:
+            return
+        try:
+            await self._network.publish_topic(swarm_topic(name), envelope.frame)
+        except (RuntimeError, ValueError, OSError) as exc:
+            self.counters["publish_failed"] += 1
+            log.warning("swarms: publishing on swarm %s failed: %s", name, exc)
+
     # -- inside ---------------------------------------------------------------------------
 
     def _envelope(self, key: SigningKey, name: str, kind: str, body: Any) -> Envelope:
@@ -475,13 +620,7 @@ class Swarms:
     async def _emit(self, name: str, envelope: Envelope) -> None:
         """Apply our own record to our view, then publish it (best effort, like GossipSub)."""
         self._apply(name, envelope)
-        if not self._serving:
-            return
-        try:
-            await self._network.publish_topic(swarm_topic(name), envelope.frame)
-        except (RuntimeError, ValueError, OSError) as exc:
-            self.counters["publish_failed"] += 1
-            log.warning("swarms: publishing on swarm %s failed: %s", name, exc)
+        await self.publish(name, envelope)
 
     async def _on_message(self, topic: str, frame: bytes) -> None:
         """A validated envelope from another node on a `swarm/...` topic."""
@@ -495,6 +634,9 @@ class Swarms:
             self._reject(exc)
             return
         self.counters["received"] += 1
+        if envelope.kind in (KIND_UPDATE, KIND_STATE):
+            await self.shared.on_record(name, envelope)
+            return
         if envelope.kind == KIND_AGGREGATE:
             self.counters["aggregates_received"] += 1
         self._apply(name, envelope)
@@ -526,6 +668,10 @@ class Swarms:
             coordinator.did if coordinator is not None else "none (no live member)",
         )
 
+    def reject(self, exc: RemoteProtocolError) -> None:
+        """Count and (at most once a minute per reason) log a refused record."""
+        self._reject(exc)
+
     def _reject(self, exc: RemoteProtocolError) -> None:
         reason = exc.reason.value
         self.rejected[reason] += 1
@@ -547,6 +693,7 @@ class Swarms:
             )
         self._local[name] = local
         self._views[name] = self._new_view(name)
+        await self.shared.open(name)
         await self._save()
         if self._serving:
             await self._network.subscribe_topic(swarm_topic(name))
@@ -590,6 +737,8 @@ class Swarms:
             )
             self._local.clear()
             self._views.clear()
+        for name in sorted(self._local):
+            await self.shared.open(name)
 
 
 def _aggregate_json(view: SwarmView, now: float) -> dict[str, Any]:

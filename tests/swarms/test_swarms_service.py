@@ -43,10 +43,25 @@ class Bus:
 
     def __init__(self) -> None:
         self.nets: list[FakeNet] = []
+        self.cut: set[frozenset[int]] = set()  # pairs of nets (by id) that cannot talk
+        self.sent: list[tuple[str, bytes]] = []  # every (topic, frame) published
+
+    def partition(self, *groups: list[FakeNet]) -> None:
+        """Cut every link between nets of different groups (heal with `heal`)."""
+        for i, group in enumerate(groups):
+            for other in groups[i + 1 :]:
+                self.cut.update(frozenset({id(a), id(b)}) for a in group for b in other)
+
+    def heal(self) -> None:
+        """Join every net again."""
+        self.cut.clear()
 
     async def publish(self, sender: FakeNet, topic: str, frame: bytes) -> None:
         open_envelope(frame, now_ms=wall_ms())  # what the real validator checks first
+        self.sent.append((topic, frame))
         for net in list(self.nets):
+            if frozenset({id(sender), id(net)}) in self.cut:
+                continue
             if net is not sender and topic in net.subscribed and net.handler is not None:
                 await net.handler(topic, frame)
 
