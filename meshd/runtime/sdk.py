@@ -34,6 +34,7 @@ __all__ = [
     "Message",
     "RequestTimeout",
     "SwarmHandle",
+    "SwarmStateHandle",
 ]
 
 
@@ -116,6 +117,63 @@ class SwarmHandle(Protocol):
 
     def aggregate(self) -> dict[str, Any]:
         """This swarm's subtree as this node sees it: agents, totals, children's reports."""
+        ...
+
+    @property
+    def state(self) -> SwarmStateHandle:
+        """The swarm's shared key/value state (read by anyone here, written by members)."""
+        ...
+
+    def tasks(self) -> list[dict[str, Any]]:
+        """The task board: id, spec, state (open, claimed, done), claimant, result."""
+        ...
+
+    async def add_task(self, spec: Any) -> str:
+        """Put a task (any JSON) on the board; return its id."""
+        ...
+
+    async def claim(self, task: str) -> bool:
+        """Claim a task; True once this agent won it (after the settle delay)."""
+        ...
+
+    async def complete(self, task: str, result: Any = None) -> bool:
+        """Mark a task done with its result; False if it already was."""
+        ...
+
+    async def next_task(self) -> dict[str, Any] | None:
+        """Claim the oldest open task this agent wins; None when no open task is left."""
+        ...
+
+    async def propose(self, text: str) -> str:
+        """Propose `text` to the swarm's live members; return the proposal id (hex)."""
+        ...
+
+    async def vote(self, proposal: str, yes: bool) -> dict[str, Any]:
+        """Sign and cast this agent's ballot; return the decision so far."""
+        ...
+
+    def decision(self, proposal: str) -> dict[str, Any]:
+        """A proposal's verdict as its ballots here prove it (outcome, yes, no, quorum)."""
+        ...
+
+
+class SwarmStateHandle(Protocol):
+    """`ctx.swarm(name).state`: the swarm's shared key/value document (docs/swarms.md)."""
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every key and its JSON value, as this node's replica holds them."""
+        ...
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """One key's value, or `default`."""
+        ...
+
+    async def set(self, key: str, value: Any) -> None:
+        """Write one key (any JSON value); replicated to every node following the swarm."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Remove one key."""
         ...
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,6 +27,8 @@ from protocol.swarm import KIND_HEARTBEAT, heartbeat_body
 from tests.swarms import kinds
 
 STEP_S = 10.0
+SEED = int(os.environ.get("MESHD_TEST_SEED", "0")) or random.randrange(1, 2**32)
+print(f"swarm bus seed: {SEED} (MESHD_TEST_SEED reproduces it)")
 FAST = SwarmSettings(heartbeat_s=0.05, misses=3)
 
 
@@ -45,6 +48,8 @@ class Bus:
         self.nets: list[FakeNet] = []
         self.cut: set[frozenset[int]] = set()  # pairs of nets (by id) that cannot talk
         self.sent: list[tuple[str, bytes]] = []  # every (topic, frame) published
+        self.latency_s = 0.0  # each delivery waits up to this long (seeded random)
+        self.random = random.Random(SEED)
 
     def partition(self, *groups: list[FakeNet]) -> None:
         """Cut every link between nets of different groups (heal with `heal`)."""
@@ -63,6 +68,10 @@ class Bus:
             if frozenset({id(sender), id(net)}) in self.cut:
                 continue
             if net is not sender and topic in net.subscribed and net.handler is not None:
+                if self.latency_s:
+                    await trio.sleep(self.random.uniform(0, self.latency_s))
+                    if net.handler is None or net not in self.nets:
+                        continue  # stopped meanwhile
                 await net.handler(topic, frame)
 
 
