@@ -8,8 +8,10 @@ measured path.
 
 Operations (the request body's "op"):
 - `prepare` {targets, count}: sign `count` messages to `targets` (round robin) and keep them;
-- `blast` {concurrency}: send the prepared messages with that many concurrent senders, each
-  waiting for its delivery report (the receiver's ACK); reply with outcomes and timings;
+- `blast` {concurrency, batch=1}: send the prepared messages with that many concurrent
+  senders, each waiting for its delivery reports (the receiver's ACKs), one message per
+  call (`ctx.send`'s path) or `batch` per call (`ctx.send_many`'s); reply with outcomes and
+  timings;
 - `latency` {target, count}: sign and send one message at a time; reply with each
   send -> delivery report time;
 - `echo` {target, count}: `ctx.request` round trips to an echo agent; reply with each time.
@@ -22,6 +24,7 @@ That reaches past the SDK into the runtime: acceptable for a benchmark tool, not
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from typing import Any
 
@@ -38,6 +41,7 @@ BODY = {"task": "translate", "text": "The quick brown fox jumps over the lazy do
         "lang": "fr", "priority": 3}  # fmt: skip
 MAX_PREPARED = 100_000
 MAX_CONCURRENCY = 4096
+MAX_BATCH = 1024
 MAX_SAMPLES = 5_000  # float samples in one reply envelope (64 KiB)
 
 
@@ -72,7 +76,7 @@ class LoadGen(Agent):
         if op == "prepare":
             return await self._prepare(ctx, list(body["targets"]), int(body["count"]))
         if op == "blast":
-            return await self._blast(ctx, int(body["concurrency"]))
+            return await self._blast(ctx, int(body["concurrency"]), int(body.get("batch", 1)))
         if op == "latency":
             return await self._latency(ctx, str(body["target"]), int(body["count"]))
         if op == "echo":
@@ -93,17 +97,24 @@ class LoadGen(Agent):
                 await trio.lowlevel.checkpoint()  # let the daemon's other tasks run meanwhile
         return {"prepared": count, "sign_s": trio.current_time() - began}
 
-    async def _blast(self, ctx: Context, concurrency: int) -> dict[str, Any]:
+    async def _blast(self, ctx: Context, concurrency: int, batch: int) -> dict[str, Any]:
         if not 0 < concurrency <= MAX_CONCURRENCY:
             raise ValueError(f"concurrency must be 1..{MAX_CONCURRENCY}")
+        if not 0 < batch <= MAX_BATCH:
+            raise ValueError(f"batch must be 1..{MAX_BATCH}")
         runtime, _activation = _internals(ctx)
         messenger = runtime.messenger
         queue = iter(self._prepared)
         outcomes: Counter[str] = Counter()
 
         async def sender() -> None:
-            for envelope in queue:
-                outcomes[(await messenger.send(envelope, reliable=False)).outcome] += 1
+            if batch == 1:  # one message per call, as `ctx.send` does
+                for envelope in queue:
+                    outcomes[(await messenger.send(envelope, reliable=False)).outcome] += 1
+                return
+            while chunk := list(itertools.islice(queue, batch)):  # as `ctx.send_many` does
+                for report in await messenger.send_many(chunk):
+                    outcomes[report.outcome] += 1
 
         began = trio.current_time()
         async with trio.open_nursery() as nursery:

@@ -10,7 +10,9 @@ ACK back to the sending agent as its delivery report.
 
 Measured in one run, then printed as ratios to ceilings measured in the same run:
 1. throughput: pre-signed messages, many concurrent senders in several load-generator
-   agents; delivered (ACKed) per second, and the CPU each daemon used meanwhile;
+   agents, each message sent alone (`ctx.send`'s path) and then 64 per call
+   (`ctx.send_many`'s); delivered (ACKed) per second, and the CPU each daemon used
+   meanwhile, in cores and in microseconds per delivered message;
 2. latency at light load: one message at a time (signed as it is sent), send -> delivery
    report, p50/p99; and an echo request -> reply round trip (`ctx.request`);
 3. the two-core Ed25519 verify ceiling: two threads running PyNaCl verify;
@@ -19,7 +21,7 @@ Measured in one run, then printed as ratios to ceilings measured in the same run
 
 Everything is bounded in time; the last line is a JSON summary. With
 MESHD_BENCH_PROFILE=DIR (and py-spy installed), both daemons are sampled during the
-throughput phase into DIR/sender.txt and DIR/receiver.txt (collapsed stacks).
+throughput phases into DIR/{single,batched}-{sender,receiver}.txt (collapsed stacks).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ ROOT = Path(__file__).resolve().parent.parent
 THROUGHPUT_MESSAGES = 60_000
 LOADGENS = 8  # the replay window holds at most 50,000 live ids per sender
 CONCURRENCY = 64  # per load generator: 512 concurrent senders in all
+BATCH = 64  # messages per `send_many` call in the batched phase
 SINKS = 16
 WARMUP_MESSAGES = 400  # per load generator: connection, streams, locations, activations
 LATENCY_MESSAGES = 2_000
@@ -116,7 +119,7 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _start_profilers(pids: dict[str, int]) -> list[subprocess.Popen[bytes]]:
+def _start_profilers(pids: dict[str, int], phase: str) -> list[subprocess.Popen[bytes]]:
     """With MESHD_BENCH_PROFILE=DIR, sample both daemons with py-spy during the blast."""
     out = os.environ.get("MESHD_BENCH_PROFILE")
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
@@ -127,7 +130,7 @@ def _start_profilers(pids: dict[str, int]) -> list[subprocess.Popen[bytes]]:
     for name, pid in pids.items():
         args = ["record", "--pid", str(pid), "--rate", "200", "--format", "raw"]
         args += ["--nonblocking", "--duration", str(int(PHASE_TIMEOUT_S))]
-        args += ["--output", f"{out}/{name}.txt"]
+        args += ["--output", f"{out}/{phase}-{name}.txt"]
         procs.append(
             subprocess.Popen([spy, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         )
@@ -143,6 +146,48 @@ def _stop_profilers(profilers: list[subprocess.Popen[bytes]]) -> None:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def _throughput(
+    sender: LocalDaemon, receiver: LocalDaemon, gens: list[str], sinks: list[str], *, batch: int
+) -> dict[str, Any]:
+    """Blast pre-signed messages from every load generator; figures of that phase."""
+    per_gen = THROUGHPUT_MESSAGES // LOADGENS
+    _ask_all(sender, {g: {"op": "prepare", "targets": sinks, "count": per_gen} for g in gens})
+    assert sender.proc is not None
+    assert receiver.proc is not None
+    pids = {"sender": sender.proc.pid, "receiver": receiver.proc.pid}
+    before = sender.get("/v1/status")["network"]["messages"]
+    cpu0 = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+    # Batched, fewer concurrent senders keep about as many messages in flight.
+    concurrency = CONCURRENCY if batch == 1 else max(1, CONCURRENCY * 8 // batch)
+    blast = {"op": "blast", "concurrency": concurrency, "batch": batch}
+    profilers = _start_profilers(pids, "single" if batch == 1 else "batched")
+    began = time.perf_counter()
+    try:
+        blasts = _ask_all(sender, {g: blast for g in gens})
+    finally:
+        _stop_profilers(profilers)
+    wall = time.perf_counter() - began
+    cpu = {name: _cpu_seconds(pid) - cpu0[name] for name, pid in pids.items()}
+    outcomes: Counter[str] = sum((Counter(b["outcomes"]) for b in blasts), Counter())
+    after = sender.get("/v1/status")["network"]["messages"]
+    # The agents time their own blasts on one clock; the slowest one ends the phase.
+    elapsed = max(b["elapsed_s"] for b in blasts)
+    delivered = outcomes["delivered"]
+    return {
+        "batch": batch,
+        "senders": concurrency * LOADGENS,
+        "outcomes": dict(outcomes),
+        "delivered_per_s": delivered / elapsed,
+        "cpu_cores": {name: seconds / wall for name, seconds in cpu.items()},
+        # CPU per delivered message, both daemons: less sensitive to a busy machine.
+        "cpu_us_per_msg": {
+            name: seconds / max(1, delivered) * 1e6 for name, seconds in cpu.items()
+        },
+        "msgs_per_write": (after["msgs_sent"] - before["msgs_sent"])
+        / max(1, after["writes"] - before["writes"]),
+    }
 
 
 def run_daemons(root: Path) -> dict[str, Any]:
@@ -176,35 +221,9 @@ def run_daemons(root: Path) -> dict[str, Any]:
                                          "count": ECHO_ROUND_TRIPS})  # fmt: skip
         out["echo_ms"] = [x * 1000 for x in echoed["samples_s"]]
 
-        per_gen = THROUGHPUT_MESSAGES // LOADGENS
-        prepared = _ask_all(sender, {g: {"op": "prepare", "targets": sinks, "count": per_gen}
-                                     for g in gens})  # fmt: skip
-        out["sign_s"] = sum(p["sign_s"] for p in prepared)
-        assert sender.proc is not None
-        assert receiver.proc is not None
-        pids = {"sender": sender.proc.pid, "receiver": receiver.proc.pid}
-        cpu0 = {name: _cpu_seconds(pid) for name, pid in pids.items()}
-        profilers = _start_profilers(pids)
-        began = time.perf_counter()
-        try:
-            blasts = _ask_all(
-                sender, {g: {"op": "blast", "concurrency": CONCURRENCY} for g in gens}
-            )
-        finally:
-            _stop_profilers(profilers)
-        wall = time.perf_counter() - began
-        cpu = {name: _cpu_seconds(pid) - cpu0[name] for name, pid in pids.items()}
-        outcomes: Counter[str] = sum((Counter(b["outcomes"]) for b in blasts), Counter())
-        # The agents time their own blasts on one clock; the slowest one ends the phase.
-        elapsed = max(b["elapsed_s"] for b in blasts)
-        out.update(
-            outcomes=dict(outcomes),
-            throughput_s=elapsed,
-            delivered_per_s=outcomes["delivered"] / elapsed,
-            cpu_cores={name: seconds / wall for name, seconds in cpu.items()},
-            sender_status=sender.get("/v1/status"),
-            receiver_status=receiver.get("/v1/status"),
-        )
+        out["single"] = _throughput(sender, receiver, gens, sinks, batch=1)
+        out["batched"] = _throughput(sender, receiver, gens, sinks, batch=BATCH)
+        out["receiver_status"] = receiver.get("/v1/status")
     except Exception:
         for daemon in (sender, receiver):
             print(f"--- {daemon.data_dir.name} log\n{daemon.log_tail()}", file=sys.stderr)
@@ -359,16 +378,17 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="meshd-msgbench-") as tmp:
         sent = run_daemons(Path(tmp))
 
-    rate = sent["delivered_per_s"]
+    single, batched = sent["single"], sent["batched"]
+    rate, batched_rate = single["delivered_per_s"], batched["delivered_per_s"]
+    best = max(rate, batched_rate)
     lat, echo = sent["latency_ms"], sent["echo_ms"]
-    sender_streams = sent["sender_status"]["network"]["messages"]
-    receiver_delivery = sent["receiver_status"]["delivery"]
-    cpu = sent["cpu_cores"]
     figures = {
         "delivered_per_s": round(rate),
+        "delivered_per_s_batched": round(batched_rate),
         "messages": THROUGHPUT_MESSAGES,
-        "concurrency": CONCURRENCY * LOADGENS,
-        "outcomes": sent["outcomes"],
+        "concurrency": single["senders"],
+        "outcomes": single["outcomes"],
+        "outcomes_batched": batched["outcomes"],
         "latency_p50_ms": round(statistics.median(lat), 3),
         "latency_p99_ms": round(_percentile(lat, 0.99), 3),
         "echo_p50_ms": round(statistics.median(echo), 3),
@@ -377,21 +397,29 @@ def main() -> int:
         "verify_2_threads_per_s": round(two_cores),
         "raw_one_write_per_msg_per_s": round(raw["raw_one_per_write"]),
         "raw_64_per_write_per_s": round(raw["raw_64_per_write"]),
-        "ratio_to_verify_ceiling": round(rate / two_cores, 3),
-        "ratio_to_one_write_per_msg": round(rate / raw["raw_one_per_write"], 2),
-        "sender_cpu_cores": round(cpu["sender"], 2),
-        "receiver_cpu_cores": round(cpu["receiver"], 2),
-        "msgs_per_write": round(sender_streams["msgs_sent"] / max(1, sender_streams["writes"]), 1),
-        "receiver_rejected": receiver_delivery["rejected"],
-        "sink_handled": sent["receiver_status"]["runtime"]["handled"],
+        "ratio_to_verify_ceiling": round(best / two_cores, 3),
+        "ratio_to_one_write_per_msg": round(best / raw["raw_one_per_write"], 2),
+        "ratio_batched_to_single": round(batched_rate / rate, 2),
     }
-    print(
-        f"signed messages delivered (ACKed)   {rate:>10,.0f} /s   ({THROUGHPUT_MESSAGES:,} "
-        f"messages, {LOADGENS}x{CONCURRENCY} concurrent senders; target >= 10,000)"
-    )
-    print(f"  outcomes                          {sent['outcomes']}")
-    print(f"  messages per write                {figures['msgs_per_write']:>10}")
-    print(f"  CPU: sender daemon {cpu['sender']:.2f} cores, receiver daemon {cpu['receiver']:.2f}")
+    for name, phase in (("single", single), ("batched", batched)):
+        figures[f"{name}_msgs_per_write"] = round(phase["msgs_per_write"], 1)
+        for daemon in ("sender", "receiver"):
+            figures[f"{name}_{daemon}_cpu_cores"] = round(phase["cpu_cores"][daemon], 2)
+            figures[f"{name}_{daemon}_cpu_us_per_msg"] = round(phase["cpu_us_per_msg"][daemon])
+    figures["receiver_rejected"] = sent["receiver_status"]["delivery"]["rejected"]
+    for name, phase in (("one per call", single), (f"{BATCH} per call", batched)):
+        cpu, per_msg = phase["cpu_cores"], phase["cpu_us_per_msg"]
+        print(
+            f"signed messages delivered (ACKed)   {phase['delivered_per_s']:>10,.0f} /s   "
+            f"({THROUGHPUT_MESSAGES:,} messages, {name}, {phase['senders']} concurrent "
+            f"senders; target >= 10,000)"
+        )
+        print(f"  outcomes                          {phase['outcomes']}")
+        print(f"  messages per write                {phase['msgs_per_write']:>10.1f}")
+        print(
+            f"  CPU: sender {cpu['sender']:.2f} cores ({per_msg['sender']:.0f} us/msg), "
+            f"receiver {cpu['receiver']:.2f} cores ({per_msg['receiver']:.0f} us/msg)"
+        )
     print(
         f"latency at light load, send -> ACK  p50 {figures['latency_p50_ms']:.2f} ms   "
         f"p99 {figures['latency_p99_ms']:.2f} ms   (target p99 < 5 ms)"
@@ -404,8 +432,9 @@ def main() -> int:
     print(f"Ed25519 verify, 2 threads (ceiling) {two_cores:>10,.0f} /s")
     print(f"py-libp2p stream, 1 write/message   {raw['raw_one_per_write']:>10,.0f} /s")
     print(f"py-libp2p stream, 64 msgs/write     {raw['raw_64_per_write']:>10,.0f} /s")
-    print(f"  ratio delivered / verify ceiling  {figures['ratio_to_verify_ceiling']:.3f}")
-    print(f"  ratio delivered / 1 write per msg {figures['ratio_to_one_write_per_msg']:.2f}")
+    print(f"  ratio best delivered / verify ceiling  {figures['ratio_to_verify_ceiling']:.3f}")
+    print(f"  ratio best delivered / 1 write per msg {figures['ratio_to_one_write_per_msg']:.2f}")
+    print(f"  ratio batched / one per call           {figures['ratio_batched_to_single']:.2f}")
     print(json.dumps(figures))
     return 0
 

@@ -170,6 +170,79 @@ class Delivery:
             return await self._send_reliable(envelope, recipient)
         return await self._send_once(envelope, reliable=reliable)
 
+    async def send_many(self, envelopes: Sequence[Envelope]) -> list[DeliveryReport]:
+        """Deliver several signed envelopes at most once; their reports, in order.
+
+        Each distinct recipient is located once, and the messages for one peer are queued on
+        its stream in one pass and awaited together: an agent fanning out pays per message
+        only for what must be per message. Local recipients, and any message a peer answers
+        `not_here` (a stale location), go the way of `send`.
+        """
+        reports: list[DeliveryReport | None] = [None] * len(envelopes)
+        routes: dict[bytes, Route | None] = {}
+        by_peer: dict[str, tuple[Route, list[int]]] = {}
+        alone: list[int] = []
+        for i, envelope in enumerate(envelopes):
+            recipient = envelope.recipient
+            if not isinstance(recipient, AgentId):
+                alone.append(i)
+                continue
+            if recipient.raw not in routes:
+                routes[recipient.raw] = await self.router.locate(recipient)
+            route = routes[recipient.raw]
+            if route is None or route.path in ("local", "gone") or not route.peer_id:
+                alone.append(i)
+                continue
+            by_peer.setdefault(route.peer_id, (route, []))[1].append(i)
+        async with trio.open_nursery() as nursery:
+            for route, indices in by_peer.values():
+                nursery.start_soon(self._send_batch, envelopes, indices, route, reports, alone)
+        for i in sorted(alone):  # stale locations are re-resolved and retried, as `send` does
+            reports[i] = await self._send_once(envelopes[i], reliable=False)
+        done = [report for report in reports if report is not None]
+        assert len(done) == len(envelopes), "every message has its report"
+        return done
+
+    async def _send_batch(
+        self,
+        envelopes: Sequence[Envelope],
+        indices: list[int],
+        route: Route,
+        reports: list[DeliveryReport | None],
+        stale: list[int],
+    ) -> None:
+        """Carry the messages at `indices` to the route's peer; fill in their reports."""
+        started = trio.current_time()
+        results = await self._network.send_messages(
+            route.peer_id,
+            route.addrs,
+            [envelopes[i].frame for i in indices],
+            mode=Mode.AT_MOST_ONCE,
+            timeout=self._settings.send_timeout_s,
+        )
+        elapsed = trio.current_time() - started
+        late = f"no answer from {route.peer_id} within {self._settings.send_timeout_s:g} s"
+        for i, result in zip(indices, results, strict=True):
+            envelope = envelopes[i]
+            if result is None:
+                report = DeliveryReport(envelope.msg_id, TIMEOUT, late)
+            else:
+                # The batch's time to its last ACK: an upper bound on each message's.
+                self.observe_latency(elapsed)
+                report = DeliveryReport(envelope.msg_id, result.outcome, result.detail)
+            if report.outcome == "not_here" or (
+                report.outcome == "rejected:wrong_recipient" and route.path.startswith("summary")
+            ):
+                assert isinstance(envelope.recipient, AgentId)
+                self.router.invalidate(envelope.recipient, route.peer_id)
+                stale.append(i)  # `send_many` retries it alone, and counts it there
+                continue
+            self.sent[report.outcome] += 1
+            if envelope.trace is not None:
+                trace_step("send", envelope, path=route.path, peer=route.peer_id,
+                           outcome=report.outcome)  # fmt: skip
+            reports[i] = report
+
     async def _send_reliable(self, envelope: Envelope, recipient: AgentId) -> DeliveryReport:
         store = self._runtime.store
         now = self._clock()

@@ -304,6 +304,18 @@ class Libp2pNetwork:
         """Carry one envelope to `peer_id` on its message stream and await the ACK."""
         return await self._messages.send(peer_id, addrs, envelope, mode)
 
+    async def send_messages(
+        self,
+        peer_id: str,
+        addrs: Sequence[str],
+        envelopes: Sequence[bytes],
+        *,
+        mode: Mode,
+        timeout: float,
+    ) -> list[SendResult | None]:
+        """Carry several envelopes to `peer_id` and await their ACKs (None: none in time)."""
+        return await self._messages.send_many(peer_id, addrs, envelopes, mode, timeout=timeout)
+
     def peer_addrs(self, peer_id: str) -> list[str]:
         """The addresses the peerstore holds for `peer_id` (connected or not), or []."""
         try:

@@ -103,15 +103,27 @@ def _short(error: BaseException) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
+class _Group:
+    """Messages queued together by `send_many`: one wake-up when the last is answered."""
+
+    __slots__ = ("done", "remaining")
+
+    def __init__(self, size: int) -> None:
+        self.remaining = size
+        self.done = trio.Event()
+
+
 class _Outgoing:
     """One message on its way: queued, then sent and waiting for its ACK."""
 
-    __slots__ = ("abandoned", "done", "envelope", "mode", "result", "sent_at")
+    __slots__ = ("abandoned", "done", "envelope", "group", "mode", "result", "sent_at")
 
-    def __init__(self, envelope: bytes, mode: Mode) -> None:
+    def __init__(self, envelope: bytes, mode: Mode, group: _Group | None = None) -> None:
         self.envelope = envelope
         self.mode = mode
-        self.done = trio.Event()
+        # A message sent alone has its own event; one of a group shares the group's.
+        self.group = group
+        self.done = trio.Event() if group is None else group.done
         self.result: SendResult | None = None
         self.abandoned = False  # the sender stopped waiting: do not send it any more
         self.sent_at = 0.0
@@ -119,7 +131,13 @@ class _Outgoing:
     def resolve(self, outcome: str, detail: str = "") -> None:
         if self.result is None:
             self.result = SendResult(outcome, detail)
-            self.done.set()
+            group = self.group
+            if group is None:
+                self.done.set()
+            else:
+                group.remaining -= 1
+                if not group.remaining:
+                    group.done.set()
 
 
 class _PeerChannel:
@@ -276,6 +294,72 @@ class MessageStreams:
                 item.abandoned = True
         assert item.result is not None
         return item.result
+
+    async def send_many(
+        self,
+        peer_id: str,
+        addrs: Sequence[str],
+        envelopes: Sequence[bytes],
+        mode: Mode,
+        *,
+        timeout: float,
+    ) -> list[SendResult | None]:
+        """Queue envelopes for `peer_id` and wait up to `timeout` s for their ACKs (or None).
+
+        One queueing pass and one wake-up for the lot, where `send` costs both per message.
+        """
+        results: list[SendResult | None] = [None] * len(envelopes)
+        if self._nursery is None or peer_id == self._self_id:
+            detail = "network is not running" if self._nursery is None else "this node's id"
+            return [SendResult(UNREACHABLE, detail)] * len(envelopes)
+        limit = MAX_FRAME_SIZE - _MSG_OVERHEAD
+        fitting = [i for i, envelope in enumerate(envelopes) if len(envelope) <= limit]
+        for i in set(range(len(envelopes))) - set(fitting):
+            results[i] = SendResult("rejected:too_large", "envelope does not fit a frame")
+        group = _Group(len(fitting))
+        items = [_Outgoing(envelopes[i], mode, group) for i in fitting]
+        try:
+            with trio.move_on_after(timeout) as scope:
+                await self._queue_all(peer_id, addrs, items)
+                if group.remaining:
+                    await group.done.wait()
+            if scope.cancelled_caught:
+                self.counters["send_many_timeouts"] += 1
+        finally:
+            for item in items:
+                if item.result is None:
+                    item.abandoned = True
+        for i, item in zip(fitting, items, strict=True):
+            results[i] = item.result
+        return results
+
+    async def _queue_all(self, peer_id: str, addrs: Sequence[str], items: list[_Outgoing]) -> None:
+        """Put every item on the peer's queue, waiting only while it is full."""
+        queued = 0
+        for _attempt in range(2):
+            try:
+                channel = self._channel(peer_id, addrs)
+            except ValueError as exc:
+                for item in items:
+                    item.resolve(UNREACHABLE, f"bad peer id: {_short(exc)}")
+                return
+            if channel.unreachable_until > trio.current_time():
+                self.counters["sends_unreachable"] += len(items) - queued
+                for item in items[queued:]:
+                    item.resolve(UNREACHABLE, channel.unreachable_detail)
+                return
+            try:
+                while queued < len(items):
+                    try:
+                        channel.send.send_nowait(items[queued])
+                    except trio.WouldBlock:
+                        await channel.send.send(items[queued])  # the peer's backpressure
+                    queued += 1
+                return
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                continue  # its task just retired after idling: a new channel takes over
+        for item in items[queued:]:  # pragma: no cover - a fresh channel accepts at once
+            item.resolve(UNREACHABLE, "could not queue the message")
 
     def stats(self) -> dict[str, Any]:
         """Counters and gauges of the message streams."""

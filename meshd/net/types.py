@@ -244,6 +244,21 @@ class Network(Protocol):
         """
         ...
 
+    async def send_messages(
+        self,
+        peer_id: str,
+        addrs: Sequence[str],
+        envelopes: Sequence[bytes],
+        *,
+        mode: Mode,
+        timeout: float,
+    ) -> list[SendResult | None]:
+        """Carry several envelopes to `peer_id` as `send_message` does, queued in one pass.
+
+        Each message not answered within `timeout` seconds is None (it may still arrive).
+        """
+        ...
+
     def set_request_handler(self, protocol: str, handler: RequestHandler | None) -> None:
         """Answer one-shot requests on `protocol` with `handler` (None: refuse them)."""
         ...

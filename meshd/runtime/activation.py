@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -121,6 +122,16 @@ class AgentContext:
         """Send a message to another agent (at-least-once when `reliable`)."""
         envelope = await self._rt.make_envelope(self._act, _parse_target(to), kind, body)
         return await self._rt.messenger.send(envelope, reliable=reliable)
+
+    async def send_many(
+        self, messages: Sequence[tuple[str, Any]], *, kind: str = "msg"
+    ) -> list[DeliveryReport]:
+        """Send (to, body) messages at most once, together; their reports, in order."""
+        envelopes = [
+            await self._rt.make_envelope(self._act, _parse_target(to), kind, body)
+            for to, body in messages
+        ]
+        return await self._rt.messenger.send_many(envelopes)
 
     async def request(
         self, to: str, body: Any, *, kind: str = "req", timeout: float = 10.0

@@ -84,6 +84,10 @@ class Messenger(Protocol):
         """Deliver a signed envelope to its recipient agent."""
         ...
 
+    async def send_many(self, envelopes: Sequence[Envelope]) -> list[DeliveryReport]:
+        """Deliver several signed envelopes at most once; their reports, in order."""
+        ...
+
     async def publish(self, envelope: Envelope) -> None:
         """Publish a signed envelope on its topic."""
         ...
@@ -125,6 +129,10 @@ class LocalMessenger:
         del reliable  # nothing to retry locally: the store is the outbox
         outcome = await self._runtime.deliver(envelope)
         return DeliveryReport(envelope.msg_id, outcome)
+
+    async def send_many(self, envelopes: Sequence[Envelope]) -> list[DeliveryReport]:
+        """Hand each envelope to its local recipient, in order."""
+        return [await self.send(envelope, reliable=False) for envelope in envelopes]
 
     async def publish(self, envelope: Envelope) -> None:
         """Deliver to the local subscribers of the topic."""

@@ -21,6 +21,7 @@ entry-point group `meshd.agents` (`greeter = "mypkg.agents:Greeter"` in pyprojec
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -204,6 +205,12 @@ class Context(Protocol):
         self, to: str, body: Any, *, kind: str = "msg", reliable: bool = False
     ) -> DeliveryReport:
         """Send a message to another agent (at-least-once when `reliable`)."""
+        ...
+
+    async def send_many(
+        self, messages: Sequence[tuple[str, Any]], *, kind: str = "msg"
+    ) -> list[DeliveryReport]:
+        """Send (to, body) messages at most once, together; their reports, in order."""
         ...
 
     async def request(

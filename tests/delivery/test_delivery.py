@@ -168,6 +168,43 @@ async def test_echo_round_trip_across_nodes(tmp_path: Path) -> None:
         assert lost["outcome"] == UNREACHABLE
 
 
+async def test_send_many_queues_per_peer_at_once_and_reports_in_order(tmp_path: Path) -> None:
+    async with running_nodes(tmp_path) as (a, b):
+        fan, local = await spawn(a, REC), await spawn(a, REC)
+        far = [await spawn(b, REC) for _ in range(3)]
+        ghost = SigningKey.generate().agent_id  # A is told it lives on B; B never hosted it
+        for agent in (*far, ghost):
+            a.delivery.learn(agent, b.net.peer_id, b.addrs)
+        targets = [far[0], local, far[1], ghost, far[2], far[0]]
+        operator = await a.runtime.operator()
+        with trio.fail_after(STEP_S):
+            await a.runtime.send_as(operator, fan, {"fanout": [t.did for t in targets]})
+        await until(lambda: any(k == "fanout" for _, k, _ in kinds.RECEIVED), "the fan-out")
+        (outcomes,) = [body for _, kind, body in kinds.RECEIVED if kind == "fanout"]
+        assert outcomes == [
+            "delivered",
+            "delivered",
+            "delivered",
+            "rejected:wrong_recipient",
+            "delivered",
+            "delivered",
+        ]
+
+        # Each message reached its agent once: bodies are the messages' positions.
+        def numbered() -> list[tuple[str, int]]:
+            return sorted((agent, body) for agent, _, body in kinds.RECEIVED if type(body) is int)
+
+        await until(lambda: len(numbered()) == 5, "deliveries")
+        got = numbered()
+        expected = [(t.did, n) for n, t in enumerate(targets) if t != ghost]
+        assert got == sorted(expected)
+        # The five messages for B were queued in one pass: one stream, one write.
+        streams = a.net.stats()["messages"]
+        assert (streams["streams_opened"], streams["msgs_sent"], streams["writes"]) == (1, 5, 1)
+        assert a.delivery.stats()["sent"]["delivered"] == 4
+        assert a.delivery.stats()["sent"]["rejected:wrong_recipient"] == 1
+
+
 async def test_bad_envelopes_are_rejected_counted_and_answered(tmp_path: Path) -> None:
     async with running_nodes(tmp_path) as (a, b):
         rec = await spawn(b, REC)

@@ -22,6 +22,9 @@ class Recorder(Agent):
         if isinstance(msg.body, dict) and "ask" in msg.body:
             reply = await ctx.request(msg.body["ask"], msg.body.get("payload", {}), timeout=2.0)
             RECEIVED.append((ctx.agent_id, "answer", reply.body))
+        if isinstance(msg.body, dict) and "fanout" in msg.body:
+            reports = await ctx.send_many([(to, n) for n, to in enumerate(msg.body["fanout"])])
+            RECEIVED.append((ctx.agent_id, "fanout", [report.outcome for report in reports]))
         if isinstance(msg.body, dict) and msg.body.get("finish"):
             ctx.done()
 

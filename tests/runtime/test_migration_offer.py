@@ -90,6 +90,9 @@ class Bridge:
                 return DeliveryReport(envelope.msg_id, outcome)
         return DeliveryReport(envelope.msg_id, "not_here")
 
+    async def send_many(self, envelopes: Sequence[Envelope]) -> list[DeliveryReport]:
+        raise AssertionError("not used")
+
     async def publish(self, envelope: Envelope) -> None:
         raise AssertionError("not used")
 
