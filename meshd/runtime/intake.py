@@ -86,6 +86,10 @@ def _encode_state(state: dict[str, Any]) -> bytes:
         raise AgentError(f"agent state is not CBOR-encodable: {exc}") from exc
 
 
+# What an empty state is stored as: a stateless handler's state needs no encoding to compare.
+_EMPTY_STATES = (b"", cbor2.dumps({}, canonical=True))
+
+
 def _decode_state(data: bytes) -> dict[str, Any]:
     state = cbor2.loads(data) if data else {}
     return state if isinstance(state, dict) else {}
@@ -286,6 +290,8 @@ class IntakeMixin:
         ack.finish("delivered")
 
     async def _save_state(self, activation: Activation) -> None:
+        if not activation.state and activation.saved_state in _EMPTY_STATES:
+            return
         try:
             encoded = _encode_state(activation.state)
         except AgentError:
