@@ -51,6 +51,11 @@ class SwarmDoc:
 
     # -- sync -----------------------------------------------------------------------------
 
+    @property
+    def client_id(self) -> int:
+        """This replica's Yjs client id (its own writes carry it)."""
+        return int(self._doc.client_id)
+
     def vector(self) -> bytes:
         """The encoded state vector (what this replica holds)."""
         return bytes(self._doc.get_state())

@@ -6,7 +6,8 @@ it keeps a `SwarmDoc` (pycrdt) and
 - publishes every local change as one node-signed `swarm.upd` on the swarm's topic, and
   merges the updates of other nodes (`protocol.swarm_state`);
 - every SYNC_EVERY heartbeats announces its state vector (`swarm.sv`); a node that sees an
-  announce lacking something it holds answers with the difference (one `swarm.upd`, refused
+  announce lacking something it holds answers with the difference if it wrote what is
+  lacking or `answerers` ranks it among the few that answer this announce (one `swarm.upd`, refused
   and counted when over MAX_UPDATE_BYTES), and one that sees an announce holding more than
   it has announces its own at once, so a joining or reconnected node catches up within about
   one sync interval;
@@ -37,7 +38,9 @@ from protocol.swarm_state import (
     KIND_UPDATE,
     MAX_STATE_VECTOR_BYTES,
     MAX_UPDATE_BYTES,
+    StateAnnounce,
     StateUpdate,
+    answerers,
     claim_winner,
     decode_state_vector,
     lacks,
@@ -72,6 +75,7 @@ MAX_VALUE_BYTES = 16_384
 _PROOF_TTL_MS = 365 * 24 * 3600 * 1000  # proposals and ballots are kept as proof
 _LOG_INTERVAL_S = 60.0
 _EMPTY_UPDATE = b"\x00\x00"
+_MAX_FOLLOWERS = 1_024  # nodes remembered per swarm as followers (sync answer ranking)
 
 
 def _json_text(value: Any, what: str) -> str:
@@ -94,6 +98,8 @@ class SharedState:
         self._ticks = 0
         self._answered: dict[tuple[str, bytes], float] = {}
         self._announced: dict[str, float] = {}
+        # swarm -> node raw id -> local time of its last announce: who follows the swarm
+        self._followers: dict[str, dict[bytes, float]] = {}
         self._logged: dict[str, float] = {}
         self.counters: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
@@ -171,7 +177,12 @@ class SharedState:
         ours = decode_state_vector(doc.vector())
         now = trio.current_time()
         interval = self._owner.heartbeat_s * SYNC_EVERY
-        if lacks(record.clocks, ours):
+        followers = self._followers.setdefault(name, {})
+        if record.node.raw not in followers and len(followers) >= _MAX_FOLLOWERS:
+            self._forget_followers(name, now)
+        if len(followers) < _MAX_FOLLOWERS:
+            followers[record.node.raw] = now
+        if lacks(record.clocks, ours) and self._answers(name, doc, record, ours):
             key = (name, record.node.raw)
             if now - self._answered.get(key, -math.inf) >= interval / 2:
                 self._answered[key] = now
@@ -183,6 +194,29 @@ class SharedState:
             interval / 2
         ):
             await self._announce(name)
+
+    def _answers(
+        self, name: str, doc: SwarmDoc, record: StateAnnounce, ours: dict[int, int]
+    ) -> bool:
+        """Whether this node answers the announce (`protocol.swarm_state.answerers`)."""
+        if ours.get(doc.client_id, 0) > record.clocks.get(doc.client_id, 0):
+            return True  # the announcer lacks our own writes: we surely hold them
+        now = trio.current_time()
+        self._forget_followers(name, now)
+        candidates = {n.raw for n in self._owner.view_nodes(name)} | {self._owner.node_id.raw}
+        candidates.update(self._followers.get(name, {}))
+        chosen = answerers(record.node.raw, record.created_ms, candidates)
+        if self._owner.node_id.raw not in chosen:
+            self.counters["sync_left_to_others"] += 1
+            return False
+        return True
+
+    def _forget_followers(self, name: str, now: float) -> None:
+        """Drop nodes not heard announcing for 3 sync intervals."""
+        horizon = 3 * SYNC_EVERY * self._owner.heartbeat_s
+        followers = self._followers.get(name, {})
+        for raw in [r for r, seen in followers.items() if now - seen > horizon]:
+            del followers[raw]
 
     async def _announce(self, name: str) -> None:
         self._announced[name] = trio.current_time()

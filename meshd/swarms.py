@@ -579,6 +579,11 @@ class Swarms:
         """Seconds between heartbeats."""
         return self._settings.heartbeat_s
 
+    def view_nodes(self, name: str) -> Sequence[NodeId]:
+        """The live nodes hosting members of the swarm, as this node sees them."""
+        view = self._views.get(name)
+        return [] if view is None else view.nodes(trio.current_time())
+
     def wall_ms(self) -> int:
         """Wall-clock milliseconds (the envelopes' clock)."""
         return self._clock()

@@ -12,6 +12,12 @@ travel on the swarm's topic `swarm/<name>`, signed by the *node key* of the node
   MAX_STATE_VECTOR_BYTES. Sent every few heartbeats; a node that holds more answers with
   the difference, so a node that joins or comes back from a partition catches up.
 
+`answerers` picks which nodes answer an announce: the node whose own writes the announcer
+lacks always answers; of the rest, only the first ANSWERERS of a ranking that each announce
+reshuffles (SHA-256 of announce time, announcer and candidate), so a late joiner in a large
+swarm gets a few copies of the difference instead of one per node, and another few next time
+if those did not hold what it lacks.
+
 `claim_winner` is the task board's rule: of the claims on a task whose claimant is live, the
 lowest (claim time, agent id) wins, so every replica with the same claims and membership
 picks the same worker. Nothing here reads a clock or does I/O.
@@ -19,6 +25,7 @@ picks the same worker. Nothing here reads a clock or does I/O.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Container, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -29,12 +36,14 @@ from protocol.ids import NodeId
 from protocol.swarm import SWARM_TOPIC_PREFIX, check_swarm_name
 
 __all__ = [
+    "ANSWERERS",
     "KIND_STATE",
     "KIND_UPDATE",
     "MAX_STATE_VECTOR_BYTES",
     "MAX_UPDATE_BYTES",
     "StateAnnounce",
     "StateUpdate",
+    "answerers",
     "claim_winner",
     "decode_state_vector",
     "lacks",
@@ -49,6 +58,7 @@ KIND_STATE: Final = "swarm.sv"
 MAX_UPDATE_BYTES: Final = 60_000
 MAX_STATE_VECTOR_BYTES: Final = 8_192
 _MAX_CLIENTS: Final = 1_024
+ANSWERERS: Final = 2
 _MAX_VARUINT_BYTES: Final = 8  # Yjs client ids and clocks stay below 2**53
 
 
@@ -176,3 +186,15 @@ def claim_winner(claims: Iterable[tuple[int, bytes]], live: Container[bytes]) ->
         if agent in live and (best is None or (stamp, agent) < best):
             best = (stamp, agent)
     return None if best is None else best[1]
+
+
+def answerers(
+    announcer: bytes, created_ms: int, candidates: Iterable[bytes], k: int = ANSWERERS
+) -> list[bytes]:
+    """The `k` candidate nodes (raw ids) that answer this announce, best ranked first."""
+    salt = created_ms.to_bytes(8, "big", signed=False) + announcer
+    ranked = sorted(
+        {c for c in candidates if c != announcer},
+        key=lambda c: hashlib.sha256(salt + c).digest(),
+    )
+    return ranked[:k]

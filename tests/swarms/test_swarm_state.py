@@ -20,6 +20,7 @@ from protocol.swarm_state import (
     KIND_UPDATE,
     MAX_UPDATE_BYTES,
     StateAnnounce,
+    answerers,
     claim_winner,
     decode_state_vector,
     lacks,
@@ -130,6 +131,46 @@ async def test_bad_state_records_are_counted_not_fatal(tmp_path: Path) -> None:
         assert sw.stats()["rejected"] == {"unauthorized": 1}
         await sw.shared.set_state("team", "still", "works")
         assert sw.shared.state("team") == {"still": "works"}
+
+
+async def test_a_late_node_gets_few_answers_not_one_per_node(tmp_path: Path) -> None:
+    bus = Bus()
+    async with (
+        swarm_node(bus, tmp_path / "1.db", os.urandom(32)) as (_, one, _),
+        swarm_node(bus, tmp_path / "2.db", os.urandom(32)) as (_, two, _),
+        swarm_node(bus, tmp_path / "3.db", os.urandom(32)) as (_, three, _),
+        swarm_node(bus, tmp_path / "4.db", os.urandom(32)) as (_, four, _),
+        swarm_node(bus, tmp_path / "5.db", os.urandom(32)) as (_, five, _),
+    ):
+        holders = [one, two, three, four, five]
+        for sw in holders:
+            await sw.create("team")
+        async with swarm_node(bus, tmp_path / "w.db", os.urandom(32)) as (rt, writer, _):
+            await writer.join("team", await spawn(rt))
+            for i in range(5):
+                await writer.shared.set_state("team", f"k{i}", i)
+            await until(lambda: all(len(sw.shared.state("team")) == 5 for sw in holders), "copies")
+        # The writer (the only author) is gone; five holders remain. A late node follows.
+        await trio.sleep(0.3)  # holders hear each other's announces: who follows the swarm
+        before = sum(sw.stats()["shared"].get("sync_answers", 0) for sw in holders)
+        async with swarm_node(bus, tmp_path / "late.db", os.urandom(32)) as (_, late, _):
+            await late.create("team")
+            await until(lambda: len(late.shared.state("team")) == 5, "the late node")
+            asked = late.stats()["shared"]["announces_sent"]
+        answers = sum(sw.stats()["shared"].get("sync_answers", 0) for sw in holders) - before
+        assert 1 <= answers <= 2 * asked, (answers, asked)  # not five per announce
+        assert sum(sw.stats()["shared"].get("sync_left_to_others", 0) for sw in holders) > 0
+
+
+def test_answerers_are_few_deterministic_and_reshuffled() -> None:
+    nodes = [bytes([i]) * 38 for i in range(10)]
+    first = answerers(nodes[0], 1000, nodes)
+    assert len(first) == 2
+    assert nodes[0] not in first  # never the announcer itself
+    assert answerers(nodes[0], 1000, reversed(nodes)) == first  # order does not matter
+    picks = {tuple(answerers(nodes[0], ms, nodes)) for ms in range(1000, 1040)}
+    assert len({n for pick in picks for n in pick}) == 9  # every holder gets its turn
+    assert answerers(nodes[0], 5, nodes[:2]) == [nodes[1]]
 
 
 def _vector(*writers: int) -> bytes:
