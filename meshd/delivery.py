@@ -12,7 +12,8 @@ Inbound, the network hands over batches of MSG frames. Nothing reaches an agent 
 `protocol.envelope.open_envelope` passed it: size and structure, expiry and clock skew,
 recipient hosted here, signature; then the replay window. The first checks run in worker
 threads, two at a time (libsodium releases the GIL, so both cores verify and the event loop
-never stalls on them), on chunks of a batch, in order; the replay window and the delivery
+never stalls on them), on chunks of a batch, in order (a lone message at light load is
+checked on the event loop: the thread hand-off would cost it more latency than the check); the replay window and the delivery
 itself run on the event loop in arrival order. Every rejection is counted by reason and
 answered `rejected:<reason>`; the peer's stream and the node carry on.
 
@@ -78,6 +79,8 @@ class DeliverySettings:
     verify_chunk: int = 64
     inbound_batches: int = 16
     verify_ahead: int = 8
+    # Jobs of at most this many messages are checked on the event loop, not in a thread.
+    inline_verify_max: int = 1
     policy: EnvelopePolicy = DEFAULT_POLICY
     replay_capacity: int = 500_000
     replay_per_sender: int = 50_000
@@ -436,7 +439,8 @@ class Delivery:
         # Chunks small enough that one big read keeps both threads busy, and, when batches
         # queue up (we are busy), as many of them as are waiting in each hand-off to the
         # threads: a hand-off costs about as much as verifying a few messages.
-        limit, threads = self._settings.verify_chunk, self._settings.verify_threads
+        settings = self._settings
+        limit, threads = settings.verify_chunk, settings.verify_threads
         guard = self.guard
         async with jobs:
             async for first in batches:
@@ -455,6 +459,14 @@ class Delivery:
                             batch = batches.receive_nowait()
                 size = min(limit, max(8, math.ceil(len(items) / threads)))
                 now_ms = self._clock()
+                if len(items) <= settings.inline_verify_max:
+                    # Light load: a message or two cost less to check here (about 0.1 ms
+                    # each) than the hand-off to a worker thread and back adds to latency.
+                    job = _Job(items)
+                    job.results = self._check([msg for _batch, msg in items], now_ms)
+                    job.done.set()
+                    items = []
+                    await jobs.send(job)
                 for start in range(0, len(items), size):
                     job = _Job(items[start : start + size])
                     # Bounded: at most `verify_ahead` jobs wait in `jobs`, plus one being sent.
