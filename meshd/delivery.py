@@ -13,9 +13,10 @@ Inbound, the network hands over batches of MSG frames. Nothing reaches an agent 
 recipient hosted here, signature; then the replay window. The first checks run in worker
 threads, two at a time (libsodium releases the GIL, so both cores verify and the event loop
 never stalls on them), on chunks of a batch, in order (a lone message at light load is
-checked on the event loop: the thread hand-off would cost it more latency than the check); the replay window and the delivery
-itself run on the event loop in arrival order. Every rejection is counted by reason and
-answered `rejected:<reason>`; the peer's stream and the node carry on.
+checked on the event loop: the thread hand-off would cost it more latency than the check);
+the replay window and the delivery itself run on the event loop in arrival order. Every
+rejection is counted by reason and answered `rejected:<reason>`; the peer's stream and the
+node carry on.
 
 At-least-once (`reliable=True`): the mode travels in the MSG frame; the receiver passes it
 to `Runtime.deliver` (which dedupes and answers once the handler is done) in a task of its
