@@ -75,6 +75,7 @@ MAX_VALUE_BYTES = 16_384
 _PROOF_TTL_MS = 365 * 24 * 3600 * 1000  # proposals and ballots are kept as proof
 _LOG_INTERVAL_S = 60.0
 _EMPTY_UPDATE = b"\x00\x00"
+_QUEUE = 64  # sync messages waiting to be published
 _MAX_FOLLOWERS = 1_024  # nodes remembered per swarm as followers (sync answer ranking)
 
 
@@ -100,6 +101,7 @@ class SharedState:
         self._announced: dict[str, float] = {}
         # swarm -> node raw id -> local time of its last announce: who follows the swarm
         self._followers: dict[str, dict[bytes, float]] = {}
+        self._queue_in, self._queue_out = trio.open_memory_channel[tuple[str, Envelope]](_QUEUE)
         self._logged: dict[str, float] = {}
         self.counters: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
@@ -139,20 +141,39 @@ class SharedState:
                 "state_full", f"swarm {name}'s document is {size} bytes; at most {MAX_DOC_BYTES}"
             )
 
-    async def _send_update(self, name: str, update: bytes) -> None:
+    def _update_envelope(self, name: str, update: bytes) -> Envelope | None:
         if len(update) > MAX_UPDATE_BYTES:
             self.counters["update_too_large"] += 1
             self._log("too_large", f"swarms: an update of {name} is {len(update)} bytes: not sent")
-            return
+            return None
         if update == _EMPTY_UPDATE:
-            return  # the change changed nothing
-        body = update_body(name, self._owner.node_id, update)
-        await self._owner.publish(name, self._owner.node_envelope(name, KIND_UPDATE, body))
+            return None  # the change changed nothing
         self.counters["updates_sent"] += 1
+        body = update_body(name, self._owner.node_id, update)
+        return self._owner.node_envelope(name, KIND_UPDATE, body)
+
+    async def _send_update(self, name: str, update: bytes) -> None:
+        envelope = self._update_envelope(name, update)
+        if envelope is not None:
+            await self._owner.publish(name, envelope)
+
+    def _queue(self, name: str, envelope: Envelope | None) -> None:
+        """Publish from `send_queued`, or drop (counted) when the queue is full."""
+        if envelope is None:
+            return
+        try:
+            self._queue_in.send_nowait((name, envelope))
+        except trio.WouldBlock:
+            self.counters["sync_dropped"] += 1
+
+    async def send_queued(self) -> None:
+        """Publish queued sync messages until cancelled (run by `Swarms.serve`)."""
+        async for name, envelope in self._queue_out:
+            await self._owner.publish(name, envelope)
 
     # -- records --------------------------------------------------------------------------
 
-    async def on_record(self, name: str, envelope: Envelope) -> None:
+    def on_record(self, name: str, envelope: Envelope) -> None:
         """A `swarm.upd` or `swarm.sv` from another node."""
         try:
             record = parse_state_record(envelope)
@@ -189,11 +210,11 @@ class SharedState:
                 if len(self._answered) > 4096:
                     self._answered.clear()
                 self.counters["sync_answers"] += 1
-                await self._send_update(name, doc.encode(record.vector))
+                self._queue(name, self._update_envelope(name, doc.encode(record.vector)))
         if lacks(ours, record.clocks) and now - self._announced.get(name, -math.inf) >= (
             interval / 2
         ):
-            await self._announce(name)
+            self._queue(name, self._announce_envelope(name))
 
     def _answers(
         self, name: str, doc: SwarmDoc, record: StateAnnounce, ours: dict[int, int]
@@ -218,15 +239,20 @@ class SharedState:
         for raw in [r for r, seen in followers.items() if now - seen > horizon]:
             del followers[raw]
 
-    async def _announce(self, name: str) -> None:
+    def _announce_envelope(self, name: str) -> Envelope | None:
         self._announced[name] = trio.current_time()
         vector = self._docs[name].vector()
         if len(vector) > MAX_STATE_VECTOR_BYTES:
             self.counters["vector_too_large"] += 1
-            return
+            return None
         body = state_body(name, self._owner.node_id, vector)
         self.counters["announces_sent"] += 1
-        await self._owner.publish(name, self._owner.node_envelope(name, KIND_STATE, body))
+        return self._owner.node_envelope(name, KIND_STATE, body)
+
+    async def _announce(self, name: str) -> None:
+        envelope = self._announce_envelope(name)
+        if envelope is not None:
+            await self._owner.publish(name, envelope)
 
     async def tick(self) -> None:
         """Once per heartbeat: store remotely changed documents; announce every SYNC_EVERY."""

@@ -481,14 +481,18 @@ class Swarms:
             len(self._local),
         )
         try:
-            task_status.started()
-            # On a fixed schedule, not a sleep after each round: receivers expect a heartbeat
-            # every interval, however long a round of many swarms takes.
-            deadline = trio.current_time()
-            while True:
-                await self.tick()
-                deadline = max(deadline + self._settings.heartbeat_s, trio.current_time())
-                await trio.sleep_until(deadline)
+            async with trio.open_nursery() as nursery:
+                # Sync answers leave from their own task: the receive path never waits on
+                # publishing (a full queue drops them; the next announce asks again).
+                nursery.start_soon(self.shared.send_queued)
+                task_status.started()
+                # On a fixed schedule, not a sleep after each round: receivers expect a
+                # heartbeat every interval, however long a round of many swarms takes.
+                deadline = trio.current_time()
+                while True:
+                    await self.tick()
+                    deadline = max(deadline + self._settings.heartbeat_s, trio.current_time())
+                    await trio.sleep_until(deadline)
         finally:
             self._serving = False
 
@@ -640,7 +644,7 @@ class Swarms:
             return
         self.counters["received"] += 1
         if envelope.kind in (KIND_UPDATE, KIND_STATE):
-            await self.shared.on_record(name, envelope)
+            self.shared.on_record(name, envelope)
             return
         if envelope.kind == KIND_AGGREGATE:
             self.counters["aggregates_received"] += 1
