@@ -353,8 +353,8 @@ class Swarms:
 
     @property
     def settle_s(self) -> float:
-        """How long a task claim waits for concurrent claims before it counts (two heartbeats)."""
-        return max(0.1, 2 * self._settings.heartbeat_s)
+        """How long a claim waits for concurrent claims before it counts (2 heartbeats, <= 5 s)."""
+        return min(5.0, max(0.1, 2 * self._settings.heartbeat_s))
 
     def aggregate(self, name: str) -> dict[str, Any]:
         """The swarm's subtree: agents and summed contributions, with its children's reports."""
