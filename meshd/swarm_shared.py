@@ -366,7 +366,7 @@ class SharedState:
             return False
         doc = self._docs[name]
         key = f"{task}/{agent.did}"
-        if not doc.has("claims", key):
+        if agent.raw not in {raw for _, raw in self._claims(name).get(task, [])}:
             self._check_room(name, 160)
             stamp = self._now_ms()
             await self._commit(name, doc.change(lambda: doc.put("claims", key, {"ms": stamp})))

@@ -227,3 +227,40 @@ def test_claim_winner_is_lowest_live_time_then_id() -> None:
     assert claim_winner(claims, {a}) == a
     assert claim_winner(claims, set()) is None
     assert claim_winner(list(reversed(claims)), {a, b, c}) == b  # order does not matter
+
+
+async def test_hostile_entries_in_the_document_are_skipped_and_counted(tmp_path: Path) -> None:
+    async with swarm_node(Bus(), tmp_path / "a.db", os.urandom(32)) as (rt, sw, _):
+        agent = await spawn(rt)
+        await sw.join("team", agent)
+        good = await sw.shared.add_task("team", {"n": 1}, agent)
+        doc = sw.shared.doc("team")
+
+        def junk() -> None:
+            doc.put_frame("state", "bytes", b"\x00")  # not JSON text
+            doc.put("tasks", "t-list", [1, 2])  # not a task map
+            doc.put("tasks", "t-odd", {"spec": 1, "ms": "soon"})
+            doc.put_frame("tasks", "t-bytes", b"\x01")
+            doc.put("claims", f"{good}/not-a-did", {"ms": 1})
+            doc.put("claims", f"{good}/{agent.did}", {"ms": "x"})
+            doc.put("claims", "no-slash", 5)
+            doc.put("done", "t-odd", "yes")
+            doc.put("proposals", "ab" * 16, {"not": "a frame"})
+            doc.put_frame("proposals", "cd" * 16, b"junk")
+            doc.put_frame("ballots", "cd" * 16 + "/x", b"junk")
+
+        await sw.shared._commit("team", doc.change(junk))
+        assert sw.shared.state("team") == {}
+        board = {t["id"]: t for t in sw.shared.tasks("team")}
+        assert set(board) == {good, "t-odd"}
+        assert board[good]["state"] == "open"  # its only claim is malformed
+        assert board["t-odd"]["state"] == "open"
+        assert sw.shared.proposals("team") == []
+        bad = sw.stats()["shared"]["bad_entries"]
+        assert bad["state"] >= 1
+        assert bad["tasks"] >= 1
+        assert bad["claims"] >= 1
+        assert bad["proposals"] >= 1
+        # The board still works around the junk.
+        assert await sw.shared.claim("team", good, agent, 0)
+        assert await sw.shared.complete("team", good, agent, "ok")
