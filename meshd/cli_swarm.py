@@ -112,6 +112,16 @@ def list_command(data_dir: Path | None, as_json: bool) -> None:
     emit(result, as_json, human)
 
 
+def _shared_line(shared: dict[str, Any] | None) -> str:
+    if not shared:
+        return "-"
+    tasks = shared["tasks"]
+    return (
+        f"{shared['keys']} keys, {shared['bytes']} bytes; tasks {tasks['open']} open, "
+        f"{tasks['claimed']} claimed, {tasks['done']} done; {shared['proposals']} proposals"
+    )
+
+
 @swarm_group.command("show")
 @click.argument("name")
 @api_options
@@ -131,6 +141,7 @@ def show_command(name: str, data_dir: Path | None, as_json: bool) -> None:
                 ("subtree agents", r["aggregate"]["agents"]),
                 ("subtree totals", json.dumps(r["aggregate"]["totals"])),
                 ("children", sorted(r["aggregate"]["children"]) or "-"),
+                ("shared state", _shared_line(r.get("shared"))),
             ]
         )
         rows = [(m["id"], m["node"], "yes" if m["local"] else "") for m in r["members"]]

@@ -285,6 +285,16 @@ class SharedState:
             "clients": len(decode_state_vector(doc.vector())),
         }
 
+    def summary(self, name: str) -> dict[str, Any]:
+        """The shared document in numbers: keys, bytes, tasks by state, proposals."""
+        tasks: Counter[str] = Counter(t["state"] for t in self.tasks(name))
+        return {
+            "keys": len(self.state(name)),
+            "bytes": len(self._docs[name].encode()),
+            "tasks": {state: tasks.get(state, 0) for state in ("open", "claimed", "done")},
+            "proposals": len(self.proposals(name)),
+        }
+
     async def set_state(self, name: str, key: str, value: Any, *, delete: bool = False) -> None:
         """Write (or delete) one key of the shared state, then publish the change."""
         if not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_LEN:

@@ -313,6 +313,7 @@ class Swarms:
             "nodes": [node.text for node in view.nodes(now)],
             "local_members": len(local.members),
             "aggregate": _aggregate_json(view, now),
+            "shared": self.shared.summary(name),
         }
 
     def list(self) -> list[dict[str, Any]]:

@@ -607,3 +607,13 @@ SCHEMAS.update(
         },
     }
 )
+SCHEMAS["SwarmInfo"]["properties"]["shared"] = {
+    "type": "object",
+    "description": "The shared document in numbers (docs/swarms.md).",
+    "properties": {
+        "keys": {"type": "integer", "minimum": 0},
+        "bytes": {"type": "integer", "minimum": 0},
+        "tasks": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "proposals": {"type": "integer", "minimum": 0},
+    },
+}

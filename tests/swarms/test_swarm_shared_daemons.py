@@ -97,6 +97,7 @@ def test_state_tasks_and_votes_across_three_daemons(mesh: list[LocalDaemon]) -> 
     )
     runs = [key.split("/")[1] for key in state(mesh[2]) if key.startswith("ran/")]
     assert sorted(runs) == sorted(tasks)  # each task ran exactly once
+    assert cli(first, "show", "team")["shared"]["tasks"]["done"] == N_TASKS
     listed = meshd_command("swarm", "task", "list", "team", "--data-dir", str(first.data_dir))
     assert listed.returncode == 0
     assert listed.stdout.count("done") >= N_TASKS

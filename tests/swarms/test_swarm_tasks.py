@@ -75,6 +75,9 @@ async def test_workers_finish_every_task_once(tmp_path: Path) -> None:
         ran_keys = [k for k in sw_b.shared.state("team") if k.startswith("ran/")]
         await until(lambda: len([k for k in sw_b.shared.state("team")]) == N_TASKS, "records")
         assert len({k.split("/")[1] for k in ran_keys}) == len(ran_keys)
+        shared = sw_c.show("team")["shared"]
+        assert shared["tasks"] == {"open": 0, "claimed": 0, "done": N_TASKS}
+        assert shared["keys"] == N_TASKS  # the workers' run records
         done_by = {t["done"]["agent"] for t in sw_c.shared.tasks("team")}
         assert len(done_by) > 1  # the work was shared
         assert {t["done"]["result"]["spec"]["n"] for t in sw_c.shared.tasks("team")} == set(
