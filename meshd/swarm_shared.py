@@ -5,12 +5,13 @@ it keeps a `SwarmDoc` (pycrdt) and
 
 - publishes every local change as one node-signed `swarm.upd` on the swarm's topic, and
   merges the updates of other nodes (`protocol.swarm_state`);
-- every SYNC_EVERY heartbeats announces its state vector (`swarm.sv`); a node that sees an
-  announce lacking something it holds answers with the difference if it wrote what is
-  lacking or `answerers` ranks it among the few that answer this announce (one `swarm.upd`, refused
-  and counted when over MAX_UPDATE_BYTES), and one that sees an announce holding more than
-  it has announces its own at once, so a joining or reconnected node catches up within about
-  one sync interval;
+- every SYNC_EVERY heartbeats announces its state vector (`swarm.sv`) if it changed since
+  its last announce, and every QUIET_EVERY heartbeats anyway. A node that sees an announce
+  lacking something it holds answers with the difference (one `swarm.upd`, refused and
+  counted when over MAX_UPDATE_BYTES) if it wrote what is lacking or `answerers` ranks it
+  among the few that answer this announce; one that sees an announce holding more than it
+  has announces its own at once. A joining node catches up within about one sync interval,
+  one back from a partition within QUIET_EVERY heartbeats;
 - stores the document (meta `swarm_doc/<name>`): at once after a local change, at the next
   heartbeat after a remote one;
 - builds the task board and decisions on the document (docs/swarms.md).
@@ -62,12 +63,13 @@ from protocol.swarm_vote import (
 if TYPE_CHECKING:
     from meshd.swarms import Swarms
 
-__all__ = ["MAX_DOC_BYTES", "META_DOC_PREFIX", "SYNC_EVERY", "SharedState"]
+__all__ = ["MAX_DOC_BYTES", "META_DOC_PREFIX", "QUIET_EVERY", "SYNC_EVERY", "SharedState"]
 
 log = logging.getLogger("meshd.swarms")
 
 META_DOC_PREFIX = "swarm_doc/"
-SYNC_EVERY = 2  # heartbeats between state-vector announces
+SYNC_EVERY = 2  # heartbeats between state-vector announces of a changed document
+QUIET_EVERY = 10  # heartbeats between announces of an unchanged one
 # Local writes stop here, so that a whole document still fits one update envelope.
 MAX_DOC_BYTES = 48_000
 MAX_KEY_LEN = 128
@@ -97,6 +99,7 @@ class SharedState:
         self._docs: dict[str, SwarmDoc] = {}
         self._dirty: set[str] = set()
         self._ticks = 0
+        self._vectors: dict[str, bytes] = {}  # state vector at the last periodic announce
         self._answered: dict[tuple[str, bytes], float] = {}
         self._announced: dict[str, float] = {}
         # swarm -> node raw id -> local time of its last announce: who follows the swarm
@@ -255,12 +258,18 @@ class SharedState:
             await self._owner.publish(name, envelope)
 
     async def tick(self) -> None:
-        """Once per heartbeat: store remotely changed documents; announce every SYNC_EVERY."""
+        """Once per heartbeat: store remotely changed documents; every SYNC_EVERY, announce
+        the documents that changed since their last announce (all every QUIET_EVERY)."""
         for name in sorted(self._dirty & set(self._docs)):
             await self._save(name)
         self._ticks += 1
         if self._ticks % SYNC_EVERY == 0:
             for name in sorted(self._docs):
+                vector = self._docs[name].vector()
+                if vector == self._vectors.get(name) and self._ticks % QUIET_EVERY != 0:
+                    self.counters["announces_skipped"] += 1
+                    continue
+                self._vectors[name] = vector
                 await self._announce(name)
 
     def _log(self, what: str, text: str) -> None:

@@ -264,3 +264,23 @@ async def test_hostile_entries_in_the_document_are_skipped_and_counted(tmp_path:
         # The board still works around the junk.
         assert await sw.shared.claim("team", good, agent, 0)
         assert await sw.shared.complete("team", good, agent, "ok")
+
+
+async def test_a_quiet_document_is_announced_rarely(tmp_path: Path) -> None:
+    bus = Bus()
+    async with (
+        swarm_node(bus, tmp_path / "a.db", os.urandom(32)) as (rt, sw, _),
+        swarm_node(bus, tmp_path / "b.db", os.urandom(32)) as (_, sw_b, _),
+    ):
+        await sw.join("team", await spawn(rt))
+        await sw_b.create("team")
+        await sw.shared.set_state("team", "k", 1)
+        await until(lambda: sw_b.shared.state("team") == {"k": 1}, "the write")
+        await trio.sleep(0.2)
+        before = sw.stats()["shared"].get("announces_sent", 0)
+        await trio.sleep(1.0)  # 20 heartbeats of 50 ms, nothing written
+        sent = sw.stats()["shared"]["announces_sent"] - before
+        assert 1 <= sent <= 3, sent  # every 10 heartbeats, not every 2
+        assert sw.stats()["shared"]["announces_skipped"] > 0
+        await sw.shared.set_state("team", "k", 2)  # a change is announced at once again
+        await until(lambda: sw_b.shared.state("team") == {"k": 2}, "the second write")
