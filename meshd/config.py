@@ -245,9 +245,22 @@ _KEYS: tuple[_Key, ...] = (
         "connections.high_watermark",
         32,
         _int(1, 10_000),
-        "Above this many connections py-libp2p prunes back toward the low watermark.",
+        "Above this many connections meshd trims back to the low watermark (trim_interval_s).",
     ),
     _Key("connections.max", 64, _int(1, 10_000), "Hard cap on connections."),
+    _Key(
+        "connections.trim_interval_s",
+        10.0,
+        _float(0.0, 3600.0),
+        "How often connections above the high watermark are trimmed to the low one "
+        "(DHT-spread peers kept). 0: never.",
+    ),
+    _Key(
+        "connections.trim_grace_s",
+        20.0,
+        _float(0.0, 3600.0),
+        "A connection younger than this is never trimmed.",
+    ),
     _Key("connections.dial_timeout_s", 5.0, _float(0.1, 120.0), "Give up a dial after this."),
     _Key(
         "connections.auto_connect_interval_s",
@@ -376,6 +389,13 @@ _KEYS: tuple[_Key, ...] = (
         5.0,
         _float(0.0, 86_400.0),
         "Shortest time between two pushes to one neighbour: changes in between make one delta.",
+    ),
+    _Key(
+        "summary.neighbour_after_s",
+        0.0,
+        _float(0.0, 3600.0),
+        "A peer becomes a summary neighbour once connected this long (0: at once); spares "
+        "whole summaries to short-lived connections (DHT lookups) in a large mesh.",
     ),
     _Key(
         "summary.max_bytes",
@@ -575,6 +595,9 @@ def _build(values: Mapping[str, Any]) -> Config:
         connections=connections,
         dht=DiscoverySettings(
             low_watermark=connections.low_watermark,
+            high_watermark=connections.high_watermark,
+            trim_interval_s=values["connections.trim_interval_s"],
+            trim_grace_s=values["connections.trim_grace_s"],
             dial_timeout_s=connections.dial_timeout_s,
             join_jitter_s=values["dht.join_jitter_s"],
             fast_walk_s=values["dht.fast_walk_s"],
@@ -609,6 +632,7 @@ def _build(values: Mapping[str, Any]) -> Config:
             two_hop=values["summary.two_hop"],
             min_gap_s=min(values["summary.min_push_gap_s"], values["summary.interval_s"]),
             max_bytes=values["summary.max_bytes"],
+            neighbour_after_s=values["summary.neighbour_after_s"],
             tick_s=min(0.5, values["summary.interval_s"]),
         ),
         telemetry=TelemetrySettings(

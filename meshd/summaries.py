@@ -538,7 +538,12 @@ class Summaries:
         return neighbour
 
     def _sync_neighbours(self, now: float) -> None:
-        connected = {peer.peer_id for peer in self._network.connected_peers()}
+        # A connection younger than `neighbour_after_s` is not a neighbour yet: connections a
+        # DHT lookup made, and that the trim closes again, then never cost a whole summary.
+        settled = now - self.settings.neighbour_after_s
+        connected = {
+            peer.peer_id for peer in self._network.connected_peers() if peer.connected_at <= settled
+        }
         for peer_id in connected:
             neighbour = self._neighbour(peer_id)
             if not neighbour.connected:

@@ -24,6 +24,7 @@ class SummarySettings:
     penalty_after: int = 5
     penalty_s: float = 300.0
     exclude_s: float = 60.0
+    neighbour_after_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 < self.fp_rate < 0.5:

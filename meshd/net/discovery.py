@@ -14,7 +14,13 @@ that peer from its table). So this service:
 - dials peers the walks found while we hold fewer connections than the low watermark,
   with a per-peer backoff, and drops unreachable peers from the routing table;
 - redials the bootstrap peers while it has no connection at all (seeds not up yet, or
-  everyone lost), backing off from 2 s to at most 15 s.
+  everyone lost), backing off from 2 s to at most 15 s;
+- trims connections above the high watermark back to the low one. py-libp2p's own pruner
+  skips every connection with an open stream, and GossipSub keeps one on each, so it never
+  prunes: every peer a DHT lookup ever dialed stayed connected (a 50-node simnet mesh was
+  fully connected, 49 peers each, with a high watermark of 32). We keep peers spread over
+  the DHT's distance classes (the closest peer of each class in turn, as a Kademlia table
+  would), plus every connection younger than the grace period, and close the rest.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import trio
+from libp2p.kad_dht.routing_table import peer_id_to_key
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.peer.peerstore import PeerStoreError
 from multiaddr import Multiaddr
@@ -53,6 +60,7 @@ _IDENTIFY_POLL_S = 0.05
 _MAX_ADMITTING = 16
 _TABLE_POLL_S = 0.5
 _MAX_DIAL_BACKOFF_S = 300.0
+_CLOSE_TIMEOUT_S = 2.0
 
 
 def _short(error: BaseException) -> str:
@@ -84,12 +92,16 @@ class Discovery:
         self._admit_send, self._admit_recv = trio.open_memory_channel[Any](256)
         # peer -> (consecutive failures, trio time before which we do not redial)
         self._backoff: dict[Any, tuple[int, float]] = {}
+        # peer -> trio time it connected (the trim spares connections in their grace period)
+        self._connected_at: dict[Any, float] = {}
+        self._self_key = int.from_bytes(peer_id_to_key(self._self_id), "big")
 
     # -- called by the network's notifee (synchronously, never blocks) ----------------
 
     def peer_connected(self, peer_id: Any) -> None:
         """Queue a newly connected peer for the routing table (dropped and counted if full)."""
         self._backoff.pop(peer_id, None)
+        self._connected_at[peer_id] = trio.current_time()
         try:
             self._admit_send.send_nowait(peer_id)
         except trio.WouldBlock:
@@ -103,6 +115,8 @@ class Discovery:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._admit_loop)
             nursery.start_soon(self._watch_table)
+            if self._settings.trim_interval_s > 0:
+                nursery.start_soon(self._trim_loop)
             task_status.started()
             await trio.sleep(self._rng.uniform(0.0, self._settings.join_jitter_s))
             await self.join()
@@ -298,3 +312,59 @@ class Discovery:
         if self._dht.routing_table.remove_peer(peer_id):
             self._counters["table_evictions"] += 1
         log.debug("dial %s failed (%d in a row): %s", peer_id, failures, _short(exc))
+
+    # -- trimming ----------------------------------------------------------------------
+
+    def trim_choice(self, peers: Sequence[Any], now: float) -> list[Any]:
+        """The connected `peers` to close now so that the low watermark remain (see above)."""
+        settings = self._settings
+        if len(peers) <= settings.high_watermark:
+            return []
+        young = [p for p in peers if now - self._connected_at.get(p, now) < settings.trim_grace_s]
+        spared = set(young)
+        old = [p for p in peers if p not in spared]
+        slots = settings.low_watermark - len(young)
+        # Distance classes (bit length of the XOR distance, as Kademlia's buckets), closest
+        # peer first within each; taking one per class in turn keeps near and far links.
+        classes: dict[int, list[tuple[int, Any]]] = {}
+        for peer in old:
+            distance = int.from_bytes(peer_id_to_key(peer), "big") ^ self._self_key
+            classes.setdefault(distance.bit_length(), []).append((distance, peer))
+        queues = [sorted(members, key=lambda m: m[0]) for _, members in sorted(classes.items())]
+        keep: set[Any] = set()
+        while slots > 0 and any(queues):
+            for queue in queues:
+                if queue and slots > 0:
+                    keep.add(queue.pop(0)[1])
+                    slots -= 1
+        return [p for p in old if p not in keep]
+
+    async def trim(self) -> int:
+        """Close the connections `trim_choice` picks (in parallel, bounded); how many."""
+        peers = self._host.get_connected_peers()
+        now = trio.current_time()
+        for gone in set(self._connected_at) - set(peers):
+            del self._connected_at[gone]
+        doomed = self.trim_choice(peers, now)
+        if not doomed:
+            return 0
+        network = self._host.get_network()
+
+        async def close_one(peer_id: Any) -> None:
+            try:
+                await network.close_peer(peer_id)
+            except Exception as exc:  # already gone, or py-libp2p's teardown failed
+                log.debug("trimming %s failed: %s", peer_id, _short(exc))
+
+        # In parallel: py-libp2p sleeps 0.1 s in every connection's teardown.
+        with trio.move_on_after(_CLOSE_TIMEOUT_S):
+            async with trio.open_nursery() as nursery:
+                for peer_id in doomed:
+                    nursery.start_soon(close_one, peer_id)
+        self._counters["trimmed"] += len(doomed)
+        return len(doomed)
+
+    async def _trim_loop(self) -> None:
+        while True:
+            await trio.sleep(self._settings.trim_interval_s * self._rng.uniform(0.75, 1.25))
+            await self.trim()

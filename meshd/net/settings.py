@@ -18,6 +18,9 @@ class DiscoverySettings:
     walk_interval_s: float = 120.0
     lookup_timeout_s: float = 10.0
     low_watermark: int = 8
+    high_watermark: int = 32
+    trim_interval_s: float = 10.0
+    trim_grace_s: float = 20.0
     dial_timeout_s: float = 5.0
     max_parallel_dials: int = 4
     bootstrap_retry_s: float = 2.0
