@@ -6,10 +6,12 @@ Out of CI (minutes on two cores): runs only with MESHD_SWARM_SCALE=1, e.g.
 
     MESHD_SWARM_SCALE=1 .venv/bin/pytest -q -s tests/swarms/test_swarm_scale.py
 
-Layout: 25 leaf swarms (each on 2 nodes, 4 agents per node: 200 workers), 5 mid swarms (one
-member each, parents of 5 leaves), the root `org` (one member). Every leaf member contributes
-{"work": 1}. MESHD_SWARM_NODES changes the node count (even, at least 10). Virtual time
-(trio's MockClock, libp2p's clocks redirected) unless MESHD_SWARM_REAL_TIME=1.
+Layout: 25 leaf swarms (each on 2 nodes, 4 worker agents per node: 200 workers), 5 mid
+swarms (one member each, parents of 5 leaves), the root `org` (one member). Every leaf member
+contributes {"work": 1}. Then each leaf's board gets TASKS_PER_LEAF tasks, which its workers
+(`tests.swarms.kinds:Worker`) finish; no task may run twice. MESHD_SWARM_NODES changes the
+node count (even, at least 10). Virtual time (trio's MockClock, libp2p's clocks redirected)
+unless MESHD_SWARM_REAL_TIME=1.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import os
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,7 @@ from protocol.ids import AgentId
 from simnet.inprocess import in_process
 from simnet.runner import virtual_clock
 from simnet.scenario import parse_scenario
+from tests.swarms import kinds
 
 pytestmark = [
     pytest.mark.slow,
@@ -40,6 +44,7 @@ pytestmark = [
 NODES = int(os.environ.get("MESHD_SWARM_NODES", "50"))
 SEED = int(os.environ.get("MESHD_TEST_SEED", "0")) or 50
 PER_NODE = 4
+TASKS_PER_LEAF = 8
 LIMIT_S = 600.0
 _RECORDS = ("joins", "leaves", "heartbeats_sent", "aggregates_sent")
 _SHARED = ("updates_sent", "announces_sent")
@@ -71,7 +76,8 @@ async def _run(root: Path) -> dict[str, Any]:
             sw = swarms[node]
             if parent is not None:
                 await sw.create(name, parent)
-            agents = [AgentId.from_did(a) for a in await backend.spawn(node, "echo", count, ())]
+            kind = "tests.swarms.kinds:Worker" if name.startswith("leaf") else "echo"
+            agents = [AgentId.from_did(a) for a in await backend.spawn(node, kind, count, ())]
             await sw.join_many(name, agents)
             if name.startswith("leaf"):
                 for agent in agents:
@@ -99,6 +105,33 @@ async def _run(root: Path) -> dict[str, Any]:
             lambda: all(sw.shared.state("leaf0").get("plan") == {"step": 1} for sw in followers),
             "the write on every follower",
         )
+        # The task board: every leaf gets tasks; its workers finish them.
+        kinds.RAN.clear()
+        for leaf in range(leaves):
+            for i in range(TASKS_PER_LEAF):
+                await swarms[2 * leaf].shared.add_task(f"leaf{leaf}", {"n": i}, None)
+        for node in range(NODES):
+            for name in swarms[node].names():
+                if name.startswith("leaf"):
+                    for agent in swarms[node].local_members(name):
+                        await backend.send(
+                            node,
+                            agent.did,
+                            {"work": name, "for_s": 300},
+                            kind="msg",
+                            reliable=False,
+                            wait=False,
+                            timeout=10,
+                        )
+
+        def all_done() -> bool:
+            return all(
+                {t["state"] for t in swarms[2 * leaf].shared.tasks(f"leaf{leaf}")} == {"done"}
+                for leaf in range(leaves)
+            )
+
+        tasks_s = await _wait(all_done, "every leaf's tasks done")
+        runs = Counter(task for task, _ in kinds.RAN)
         elapsed = trio.current_time() - start
         stats = [sw.stats() for sw in swarms]
         records = sum(s.get(k, 0) for s in stats for k in _RECORDS)
@@ -111,6 +144,11 @@ async def _run(root: Path) -> dict[str, Any]:
             "root_counts_all_s": round(counted_s, 2),
             "state_write_reaches_followers_s": round(state_s, 2),
             "followers_of_leaf0": len(followers),
+            "tasks": leaves * TASKS_PER_LEAF,
+            "tasks_done_s": round(tasks_s, 2),
+            "tasks_run": sum(runs.values()),
+            "tasks_run_twice": sum(1 for n in runs.values() if n > 1),
+            "task_runs_per_worker": round(sum(runs.values()) / workers, 2),
             "elapsed_s": round(elapsed, 2),
             "records_sent": records,
             "state_messages_sent": shared,
@@ -135,3 +173,5 @@ def test_hierarchical_swarm_over_simnet_nodes() -> None:
     report["seed"] = SEED
     print(json.dumps(report, indent=2))
     assert report["root_children"] == [f"mid{m}" for m in range(max(1, NODES // 10))]
+    assert report["tasks_run"] == report["tasks"]
+    assert report["tasks_run_twice"] == 0
