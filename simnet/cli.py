@@ -58,6 +58,8 @@ def run_scenario(
 
             if virtual_time:
                 raise ScenarioError("--virtual-time applies to the in-process mode only")
+            if scenario.swarm is not None:
+                raise ScenarioError("the [swarm] workload runs in the in-process mode only")
             results = run_processes(scenario, events, root, seed, progress, netns=netns)
             clock = "real (wall clock, separate processes)"
         elif netns:
@@ -73,6 +75,7 @@ def run_scenario(
             )
     real_s = time.perf_counter() - began
     sim_s = scenario.warmup_s + scenario.duration_s + (results.drained_after_s or 0.0)
+    sim_s += results.swarm.get("elapsed_s", 0.0)
     report = build_report(
         results,
         scenario=scenario,

@@ -97,6 +97,7 @@ class Results:
     agents_total: int = 0
     notes: list[str] = field(default_factory=list)
     transport: dict[str, int] = field(default_factory=dict)  # in-process: the link counters
+    swarm: dict[str, Any] = field(default_factory=dict)  # the [swarm] workload's figures
 
 
 async def drive(

@@ -187,6 +187,7 @@ def build_report(
         ),
         "faults": results.faults,
         "notes": results.notes,
+        "swarm": results.swarm,
         "timeline": _timeline(samples, scenario.duration_s),
         "counts": results.counts,
         "events": events if events is not None else [],
@@ -321,6 +322,15 @@ def summary_text(report: dict[str, Any]) -> str:
         f"  summary bytes out {report['summary_bytes']['out']} "
         f"({report['summary_bytes']['per_agent']} per agent)",
     ]
+    swarm = report.get("swarm")
+    if swarm:
+        lines.append(
+            f"  swarm: {swarm['swarms']} swarms, {swarm['agents']} agents; root counted all "
+            f"after {swarm['root_counts_all_s']} s; {swarm['task_runs']} runs of "
+            f"{swarm['tasks']} tasks in {swarm['completion_s']} s "
+            f"({swarm['tasks_run_twice']} run twice); {swarm['messages_per_agent']} swarm "
+            f"messages per agent"
+        )
     skipped = [f for f in report["faults"] if f.get("skipped")]
     for fault in skipped:
         lines.append(f"  skipped {fault['kind']} at {fault['at_s']} s: {fault['skipped']}")

@@ -37,6 +37,12 @@ async def simulate(
     """The scenario's nodes under this task; what the driver measured."""
     async with in_process(scenario, root, seed) as backend:
         results = await drive(scenario, events, backend, progress=progress)
+        if scenario.swarm is not None:
+            from simnet.swarm import run_swarm
+
+            results.swarm = await run_swarm(
+                backend, scenario.swarm, scenario.nodes, progress or (lambda f, w: None)
+            )
         results.transport = dict(backend.links.counters)
         return results
 

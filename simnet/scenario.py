@@ -26,6 +26,7 @@ __all__ = [
     "LinkModel",
     "Scenario",
     "ScenarioError",
+    "SwarmPlan",
     "Workload",
     "load_scenario",
     "parse_scenario",
@@ -92,6 +93,24 @@ class Fault:
 
 
 @dataclass(frozen=True, slots=True)
+class SwarmPlan:
+    """A hierarchical swarm that runs after the workload (`[swarm]`; in-process mode only).
+
+    Leaf swarm `leafL` lives on `nodes_per_leaf` consecutive nodes, `workers_per_node` worker
+    agents on each; every `leaves_per_mid` leaves have a parent `midM`, whose parent is
+    `org`. Each worker contributes {"work": 1}; each leaf's board gets `tasks_per_leaf` tasks
+    that its workers finish.
+    """
+
+    leaves: int
+    nodes_per_leaf: int = 2
+    workers_per_node: int = 4
+    leaves_per_mid: int = 5
+    tasks_per_leaf: int = 8
+    timeout_s: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
 class Scenario:
     """A parsed, validated scenario file."""
 
@@ -108,6 +127,7 @@ class Scenario:
     virtual_time: bool = False
     late_nodes: tuple[int, ...] = ()  # nodes that start only at their `join` fault
     node_config: Mapping[str, Any] = field(default_factory=dict)
+    swarm: SwarmPlan | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +272,7 @@ def parse_scenario(data: Mapping[str, Any], *, default_name: str = "scenario") -
     workload = _workload(top._get("workload"), duration)
     links = _links(top._get("links"), nodes)
     faults = tuple(_faults(top._get("faults"), nodes, duration))
+    swarm = _swarm(top._get("swarm"), nodes)
     node_config = top._get("node_config") or {}
     if not isinstance(node_config, dict):
         raise ScenarioError("scenario.node_config: expected a table of meshd config keys")
@@ -273,7 +294,31 @@ def parse_scenario(data: Mapping[str, Any], *, default_name: str = "scenario") -
         virtual_time=virtual_time,
         late_nodes=late,
         node_config=_flatten(node_config),
+        swarm=swarm,
     )
+
+
+def _swarm(value: object, nodes: int) -> SwarmPlan | None:
+    if value is None:
+        return None
+    table = _Table(value, "swarm")
+    per_leaf = table.integer("nodes_per_leaf", 2, 1, nodes)
+    leaves = table.integer("leaves", max(1, nodes // per_leaf), 1, 10_000)
+    plan = SwarmPlan(
+        leaves=leaves,
+        nodes_per_leaf=per_leaf,
+        workers_per_node=table.integer("workers_per_node", 4, 1, 1_000),
+        leaves_per_mid=table.integer("leaves_per_mid", 5, 1, 1_000),
+        tasks_per_leaf=table.integer("tasks_per_leaf", 8, 0, 1_000),
+        timeout_s=table.number("timeout_s", 600.0, 1, 86_400),
+    )
+    table.done()
+    if leaves * per_leaf > nodes:
+        raise ScenarioError(
+            f"swarm: {leaves} leaves of {per_leaf} nodes need {leaves * per_leaf} nodes, "
+            f"the scenario has {nodes}"
+        )
+    return plan
 
 
 def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
