@@ -5,13 +5,17 @@ memory figures are its own, under virtual time (trio MockClock, libp2p's clock r
 redirected; `meshd.net.virtual_time`):
 1. start every node (the daemon's composition, `meshd.build.build_node`, over the in-memory
    transport) and spawn the agents; real time to do so;
-2. memory: resident set size after start minus before, per node and per agent;
-3. idle: real seconds per simulated second while nothing is sent (timers, gossip, DHT walks,
-   summaries, telemetry);
-4. load: the same under a stream of signed messages to random counters (half of them
+2. settle: joins, DHT walks, connection trims, first summaries (simulated seconds);
+3. memory: resident set size after settling minus before starting, per node and per agent;
+4. idle: real seconds per simulated second while nothing is sent (timers, gossip, DHT walks,
+   summaries, telemetry), with the connection degree;
+5. load: the same under a stream of signed messages to random counters (half of them
    at-least-once), with the delivered fraction.
-The smallest size is the baseline: per-node figures of larger meshes are given as ratios to
-it. Every wait is bounded. The last line is a JSON summary.
+Every node runs with `BENCH_CONFIG` (bounded degree, telemetry scaled to the mesh; printed).
+The first size is the baseline, measured in the same run: figures of larger meshes are
+given as ratios to it. Every phase is bounded in simulated time, every send in count and
+time, every size in real time (`--timeout-s`); a size that runs out of time ends the run
+and the largest size that finished is reported. The last line is a JSON summary.
 """
 
 from __future__ import annotations
@@ -35,9 +39,29 @@ import trio
 
 SIZES = ((10, 5_000), (50, 25_000), (100, 50_000), (200, 100_000))
 # Simulated seconds of each phase (--settle-s, --idle-s, --load-s override them).
-PHASES = {"settle_s": 10.0, "idle_s": 10.0, "load_s": 10.0}
+PHASES = {"settle_s": 20.0, "idle_s": 10.0, "load_s": 10.0}
 LOAD_RATE = 100.0  # messages per simulated second, mesh-wide
-ONE_RUN_TIMEOUT_S = 1500.0
+TARGETS = 50  # counters the load goes to (one per node on up to 50 nodes)
+ONE_RUN_TIMEOUT_S = 900.0
+# Every node's meshd config (a scenario's [node_config]), the same for every size:
+# - degree: a real node holds a bounded number of connections, trimmed back to DHT-spread
+#   peers (`meshd.net.discovery`), not one to every node; at most 24 even while walks dial;
+# - summaries go to peers connected for 15 s (those the trim kept), not to every peer a DHT
+#   lookup touched: each first contact costs a whole summary;
+# - DHT walks start 5 s apart and joins spread over 5 s (a mesh started all at once);
+# - telemetry: each exchange carries the whole node table, which grows with the mesh, so the
+#   interval grows with it (30 s instead of 5 s; mesh estimates converge slower).
+BENCH_CONFIG: dict[str, Any] = {
+    "connections.low_watermark": 8,
+    "connections.high_watermark": 16,
+    "connections.max": 24,
+    "connections.trim_interval_s": 5.0,
+    "connections.trim_grace_s": 10.0,
+    "summary.neighbour_after_s": 15.0,
+    "dht.fast_walk_s": 5.0,
+    "dht.join_jitter_s": 5.0,
+    "telemetry.interval_s": 30.0,
+}
 
 
 def _rss_bytes() -> int:
@@ -48,40 +72,83 @@ def _rss_bytes() -> int:
     return 0
 
 
-async def _measure(nodes: int, agents: int, root: Path, phases: dict[str, float]) -> dict[str, Any]:
+def _note(started: float, text: str) -> None:
+    """Progress on stderr: if a size runs out of time, the parent shows how far it got."""
+    print(f"[{time.perf_counter() - started:7.1f} s] {text}", file=sys.stderr, flush=True)
+
+
+def _degree(backend: Any, nodes: int) -> list[int]:
+    peers = sorted(len(backend.node(n).peers()) for n in range(nodes))
+    return [peers[0], peers[len(peers) // 2], peers[-1]]
+
+
+async def _measure(
+    nodes: int, agents: int, root: Path, phases: dict[str, float], config: dict[str, Any]
+) -> dict[str, Any]:
     from simnet.inprocess import in_process
     from simnet.scenario import parse_scenario
 
     settle_s, idle_s, load_s = phases["settle_s"], phases["idle_s"], phases["load_s"]
-    scenario = parse_scenario({"nodes": nodes, "duration_s": load_s, "agents": []})
+    scenario = parse_scenario(
+        {"nodes": nodes, "duration_s": load_s, "agents": [], "node_config": config}
+    )
     rng = random.Random(1)
     out: dict[str, Any] = {"nodes": nodes, "agents": agents, **phases}
     rss0 = _rss_bytes()
     wall = time.perf_counter()
+    _note(wall, f"{nodes} nodes: starting")
     async with in_process(scenario, root, seed=1) as backend:
         for node in range(nodes):
             await backend.start_node(node)
         per_node = agents // nodes
+        # The load's targets: one counter on each of TARGETS nodes spread over the mesh, the
+        # same hot set at every size, so that the load figures compare across sizes.
+        hosts = {node * nodes // min(TARGETS, nodes) for node in range(min(TARGETS, nodes))}
         targets: list[tuple[int, str]] = []
         for node in range(nodes):
             ids = await backend.spawn(node, "counter", per_node, ())
-            targets.extend((node, agent) for agent in ids[:5])
+            if node in hosts:
+                targets.append((node, ids[0]))
         out["start_real_s"] = round(time.perf_counter() - wall, 2)
-        await trio.sleep(settle_s)  # joins, walks, first summaries
+        out["rss_after_start_kb_per_node"] = round((_rss_bytes() - rss0) / nodes / 1024, 1)
+        _note(
+            wall,
+            f"{nodes} nodes: started, {agents} agents, "
+            f"{out['rss_after_start_kb_per_node']} KB/node; settling {settle_s} sim s",
+        )
+        t_real = time.perf_counter()
+        steps = max(1, int(settle_s))
+        for step in range(steps):  # joins, walks, trims, first summaries
+            await trio.sleep(settle_s / steps)
+            if step % 5 == 4 or step == steps - 1:
+                _note(wall, f"settle {step + 1}/{steps} sim s, degree {_degree(backend, nodes)}")
+        out["settle_real_s_per_sim_s"] = round((time.perf_counter() - t_real) / settle_s, 3)
         rss = _rss_bytes() - rss0
         out["rss_mb"] = round(rss / 2**20, 1)
         out["kb_per_node"] = round(rss / nodes / 1024, 1)
         out["bytes_per_agent_incl_nodes"] = round(rss / agents, 1)
-        peers = [len(backend.node(n).peers()) for n in range(nodes)]
-        out["peers_min_median"] = [min(peers), sorted(peers)[len(peers) // 2]]
+        out["degree_min_median_max"] = _degree(backend, nodes)
+        out["connections"] = backend.links.connections() // 2
 
+        chunks0, dials0 = backend.links.counters["bytes"], backend.links.counters["dials"]
         t_sim, t_real = trio.current_time(), time.perf_counter()
         await trio.sleep(idle_s)
         out["idle_real_s_per_sim_s"] = round((time.perf_counter() - t_real) / idle_s, 3)
+        out["idle_kb_per_node_per_sim_s"] = round(
+            (backend.links.counters["bytes"] - chunks0) / 1024 / nodes / idle_s, 1
+        )
+        out["idle_dials_per_node_per_sim_s"] = round(
+            (backend.links.counters["dials"] - dials0) / nodes / idle_s, 2
+        )
+        out["trimmed_per_node"] = round(
+            sum(backend.node(n).status()["network"].get("trimmed", 0) for n in range(nodes))
+            / nodes,
+            1,
+        )
+        _note(wall, f"idle done: {out['idle_real_s_per_sim_s']} real s per sim s; load")
 
-        sent = ok = 0
-        t_sim, t_real = trio.current_time(), time.perf_counter()
         limiter = trio.CapacityLimiter(256)
+        ok = 0
 
         async def one(src: int, to: str, reliable: bool, token: object) -> None:
             nonlocal ok
@@ -94,9 +161,29 @@ async def _measure(nodes: int, agents: int, root: Path, phases: dict[str, float]
             finally:
                 limiter.release_on_behalf_of(token)
 
+        # First contact, measured apart: a dormant counter's first message activates it, and
+        # an activated agent's record goes into the DHT (meshd.publisher), a put at the 20
+        # closest peers, each dialed; later messages to it cost none of that.
+        t_sim, t_real = trio.current_time(), time.perf_counter()
+        async with trio.open_nursery() as firsts:
+            for _, to in targets:
+                token = object()
+                await limiter.acquire_on_behalf_of(token)
+                firsts.start_soon(one, rng.randrange(nodes), to, False, token)
+        out["first_contact_msgs"] = len(targets)
+        out["first_contact_delivered"] = ok
+        out["first_contact_real_s"] = round(time.perf_counter() - t_real, 1)
+        out["first_contact_sim_s"] = round(trio.current_time() - t_sim, 2)
+        _note(wall, f"first contact with {len(targets)} counters: {out['first_contact_real_s']} s")
+        await trio.sleep(2.0)  # the records' puts finish
+
+        sent = ok = 0
+        t_sim, t_real = trio.current_time(), time.perf_counter()
+
         async with trio.open_nursery() as sends:
             next_at = t_sim
-            while trio.current_time() - t_sim < load_s:
+            cap = int(LOAD_RATE * load_s * 2) + 10  # bounded in count as well as in time
+            while trio.current_time() - t_sim < load_s and sent < cap:
                 next_at += rng.expovariate(LOAD_RATE)
                 await trio.sleep_until(next_at)
                 token = object()
@@ -108,10 +195,14 @@ async def _measure(nodes: int, agents: int, root: Path, phases: dict[str, float]
         out["load_msgs"] = sent
         out["load_delivered_ratio"] = round(ok / sent, 4) if sent else None
         out["load_real_s_per_sim_s"] = round((time.perf_counter() - t_real) / sim, 3)
+        out["degree_after_load"] = _degree(backend, nodes)
+        _note(wall, f"load done: {out['load_real_s_per_sim_s']} real s per sim s; stopping")
     return out
 
 
-def _one(nodes: int, agents: int, phases: dict[str, float]) -> dict[str, Any]:
+def _one(
+    nodes: int, agents: int, phases: dict[str, float], config: dict[str, Any]
+) -> dict[str, Any]:
     import libp2p  # noqa: F401  (resets its logger on import: quiet it after)
 
     from simnet.runner import virtual_clock
@@ -119,8 +210,43 @@ def _one(nodes: int, agents: int, phases: dict[str, float]) -> dict[str, Any]:
     logging.basicConfig(level=logging.CRITICAL)
     logging.getLogger("libp2p").setLevel(logging.CRITICAL)
     with tempfile.TemporaryDirectory(prefix="simnet-bench-") as tmp, virtual_clock() as clock:
-        result: dict[str, Any] = trio.run(_measure, nodes, agents, Path(tmp), phases, clock=clock)
+        result: dict[str, Any] = trio.run(
+            _measure, nodes, agents, Path(tmp), phases, config, clock=clock
+        )
     return result
+
+
+def _ratio(value: float, base: float) -> str:
+    return f"x{value / base:.2f}" if base else "x-"
+
+
+def _print_row(row: dict[str, Any], base: dict[str, Any]) -> None:
+    nodes, agents, of = row["nodes"], row["agents"], f"of {base['nodes']} nodes"
+    idle_node = row["idle_real_s_per_sim_s"] / nodes
+    load_node = row["load_real_s_per_sim_s"] / nodes
+    print(
+        f"{nodes:>4} nodes {agents:>7} agents: start {row['start_real_s']} s real; "
+        f"RSS {row['rss_mb']} MB = {row['kb_per_node']} KB/node "
+        f"({_ratio(row['kb_per_node'], base['kb_per_node'])} {of}); degree min/median/max "
+        f"{row['degree_min_median_max']} ({row['connections']} connections), "
+        f"{row['trimmed_per_node']} trims/node"
+    )
+    print(
+        f"      settle {row['settle_real_s_per_sim_s']} real s per sim s; "
+        f"idle {row['idle_real_s_per_sim_s']} real s per sim s = {idle_node * 1000:.1f} ms "
+        f"per node ({_ratio(idle_node, base['idle_real_s_per_sim_s'] / base['nodes'])} {of}), "
+        f"{row['idle_kb_per_node_per_sim_s']} KB/node/sim s on the wire, "
+        f"{row['idle_dials_per_node_per_sim_s']} dials/node/sim s"
+    )
+    print(
+        f"      load {LOAD_RATE:.0f} msg/s: {row['load_real_s_per_sim_s']} real s per sim s = "
+        f"{load_node * 1000:.1f} ms per node "
+        f"({_ratio(load_node, base['load_real_s_per_sim_s'] / base['nodes'])} {of}; "
+        f"{_ratio(row['load_real_s_per_sim_s'], row['idle_real_s_per_sim_s'])} of idle), "
+        f"{row['load_msgs']} sent, delivered {row['load_delivered_ratio']}; before it, first "
+        f"contact with {row['first_contact_msgs']} dormant counters took "
+        f"{row['first_contact_real_s']} s real ({row['first_contact_sim_s']} sim s)"
+    )
 
 
 def main() -> None:
@@ -128,57 +254,70 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--one", nargs=2, type=int, metavar=("NODES", "AGENTS"))
     parser.add_argument("--sizes", default=",".join(f"{n}:{a}" for n, a in SIZES))
+    parser.add_argument("--config", default="{}", help="JSON: node config keys over BENCH_CONFIG")
+    parser.add_argument("--timeout-s", type=float, default=ONE_RUN_TIMEOUT_S)
     for phase, default in PHASES.items():
         parser.add_argument(f"--{phase.replace('_', '-')}", type=float, default=default)
     args = parser.parse_args()
     phases = {phase: float(getattr(args, phase)) for phase in PHASES}
+    config = {**BENCH_CONFIG, **json.loads(args.config)}
     if args.one:
         nodes, agents = args.one
-        print(json.dumps(_one(nodes, agents, phases)))
+        print(json.dumps(_one(nodes, agents, phases, config)))
         return
     flags = [f"--{p.replace('_', '-')}={v}" for p, v in phases.items()]
+    flags.append(f"--config={json.dumps(config)}")
     sizes = [tuple(int(x) for x in item.split(":")) for item in args.sizes.split(",")]
     print(
-        "simnet bench: in-process, virtual time (trio MockClock, libp2p clocks redirected); "
-        f"simulated seconds per phase {phases}"
+        "simnet bench: in-process; clock: virtual (trio MockClock(autojump_threshold=0), "
+        f"libp2p clock reads redirected); simulated seconds per phase {phases}; "
+        f"node config {config}; {LOAD_RATE:.0f} msg/s under load; "
+        f"each size in its own process, at most {args.timeout_s:.0f} s real"
     )
     rows: list[dict[str, Any]] = []
+    unfinished: dict[str, Any] | None = None
     for nodes, agents in sizes:
+        started = time.perf_counter()
         try:
             proc = subprocess.run(
                 [sys.executable, __file__, "--one", str(nodes), str(agents), *flags],
-                capture_output=True,
+                stdout=subprocess.PIPE,
                 text=True,
-                timeout=ONE_RUN_TIMEOUT_S,
+                timeout=args.timeout_s,
                 check=False,
             )
         except subprocess.TimeoutExpired:
-            print(f"{nodes} nodes / {agents} agents: did not finish in {ONE_RUN_TIMEOUT_S:.0f} s")
+            print(f"{nodes} nodes / {agents} agents: did not finish in {args.timeout_s:.0f} s")
+            unfinished = {"nodes": nodes, "agents": agents, "timeout_s": args.timeout_s}
             break
         lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
         if proc.returncode != 0 or not lines:
-            tail = "\n".join(proc.stderr.splitlines()[-5:])
-            print(f"{nodes} nodes / {agents} agents: failed (exit {proc.returncode})\n{tail}")
+            print(f"{nodes} nodes / {agents} agents: failed (exit {proc.returncode})")
+            unfinished = {"nodes": nodes, "agents": agents, "exit": proc.returncode}
             break
         row = json.loads(lines[-1])
+        row["run_real_s"] = round(time.perf_counter() - started, 1)
         rows.append(row)
-        base = rows[0]
-        print(
-            f"{nodes:>4} nodes {agents:>7} agents: start {row['start_real_s']} s real, "
-            f"RSS {row['rss_mb']} MB ({row['kb_per_node']} KB/node, "
-            f"x{row['kb_per_node'] / base['kb_per_node']:.2f} of {base['nodes']} nodes), "
-            f"peers min/median {row['peers_min_median']}"
-        )
-        print(
-            f"      idle {row['idle_real_s_per_sim_s']} real s per simulated s "
-            f"(x{row['idle_real_s_per_sim_s'] / base['idle_real_s_per_sim_s']:.1f} of "
-            f"{base['nodes']} nodes); load {LOAD_RATE:.0f} msg/s: "
-            f"{row['load_real_s_per_sim_s']} real s per simulated s "
-            f"(x{row['load_real_s_per_sim_s'] / row['idle_real_s_per_sim_s']:.2f} of idle), "
-            f"delivered {row['load_delivered_ratio']}"
-        )
+        _print_row(row, rows[0])
     largest = rows[-1] if rows else None
-    print(json.dumps({"sizes": rows, "largest": largest}))
+    if largest is not None:
+        print(
+            f"largest mesh run: {largest['nodes']} nodes, {largest['agents']} agents "
+            f"({largest['run_real_s']} s real for the whole size); baseline "
+            f"{rows[0]['nodes']} nodes in the same run"
+        )
+    print(
+        json.dumps(
+            {
+                "clock": "virtual",
+                "config": config,
+                "phases": phases,
+                "sizes": rows,
+                "largest": largest,
+                "unfinished": unfinished,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
