@@ -236,8 +236,11 @@ class SharedState:
         return True
 
     def _forget_followers(self, name: str, now: float) -> None:
-        """Drop nodes not heard announcing for 3 sync intervals."""
-        horizon = 3 * SYNC_EVERY * self._owner.heartbeat_s
+        """Drop nodes not heard announcing for 3 quiet intervals."""
+        # A follower whose document does not change announces only every QUIET_EVERY
+        # heartbeats: forgotten sooner, it would drop out of some nodes' rankings and not
+        # others', and more nodes than ANSWERERS would answer an announce.
+        horizon = 3 * QUIET_EVERY * self._owner.heartbeat_s
         followers = self._followers.get(name, {})
         for raw in [r for r, seen in followers.items() if now - seen > horizon]:
             del followers[raw]
