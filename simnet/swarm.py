@@ -126,6 +126,7 @@ async def run_swarm(
         return True
 
     tasks_s = await _wait(finished, plan.timeout_s)
+    completion_s = trio.current_time() - board_start  # tasks added, workers told, all done
     # The last "ran" entries may still be on their way to the first node of a leaf.
     await trio.sleep(2.0)
     runs = _runs(swarms, plan)
@@ -146,7 +147,7 @@ async def run_swarm(
         "tasks_completed": tasks_s is not None,
         "task_runs": sum(runs.values()),
         "tasks_run_twice": sum(1 for count in runs.values() if count > 1),
-        "completion_s": round(trio.current_time() - board_start, 3) if tasks_s else None,
+        "completion_s": round(completion_s, 3) if tasks_s is not None else None,
         "elapsed_s": round(elapsed, 3),
         "swarm_records_sent": records,
         "state_messages_sent": shared,
