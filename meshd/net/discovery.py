@@ -15,12 +15,14 @@ that peer from its table). So this service:
   with a per-peer backoff, and drops unreachable peers from the routing table;
 - redials the bootstrap peers while it has no connection at all (seeds not up yet, or
   everyone lost), backing off from 2 s to at most 15 s;
-- trims connections above the high watermark back to the low one. py-libp2p's own pruner
-  skips every connection with an open stream, and GossipSub keeps one on each, so it never
-  prunes: every peer a DHT lookup ever dialed stayed connected (a 50-node simnet mesh was
-  fully connected, 49 peers each, with a high watermark of 32). We keep peers spread over
-  the DHT's distance classes (the closest peer of each class in turn, as a Kademlia table
-  would), plus every connection younger than the grace period, and close the rest.
+- if `trim_interval_s` > 0 (off by default: with fewer connections, agents that have no DHT
+  record are reached only through summaries two hops out, which a 50-node simnet run showed
+  is not yet enough), trims connections above the high watermark back to the low one.
+  py-libp2p's own pruner skips every connection with an open stream, and GossipSub keeps
+  one on each, so it never prunes: every peer a DHT lookup ever dialed stayed connected (a
+  50-node simnet mesh was fully connected, 49 peers each, high watermark 32). We keep
+  peers spread over the DHT's distance classes (the closest of each class in turn, as a
+  Kademlia table would), plus every connection younger than the grace period.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ class DiscoverySettings:
     lookup_timeout_s: float = 10.0
     low_watermark: int = 8
     high_watermark: int = 32
-    trim_interval_s: float = 10.0
+    trim_interval_s: float = 0.0  # off: see connections.trim_interval_s
     trim_grace_s: float = 20.0
     dial_timeout_s: float = 5.0
     max_parallel_dials: int = 4
