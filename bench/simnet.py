@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +47,9 @@ ONE_RUN_TIMEOUT_S = 900.0
 # Every node's meshd config (a scenario's [node_config]), the same for every size:
 # - degree: a real node holds a bounded number of connections, trimmed back to DHT-spread
 #   peers (`meshd.net.discovery`), not one to every node; at most 24 even while walks dial;
-# - summaries go to peers connected for 15 s (those the trim kept), not to every peer a DHT
-#   lookup touched: each first contact costs a whole summary;
+# - summaries go to peers connected for 5 s, not to every peer a DHT lookup touched for an
+#   instant: each first contact costs a whole summary (settle must outlast this: until the
+#   first summaries arrive, mass-spawned agents are unreachable, having no DHT record);
 # - DHT walks start 5 s apart and joins spread over 5 s (a mesh started all at once);
 # - telemetry: each exchange carries the whole node table, which grows with the mesh, so the
 #   interval grows with it (30 s instead of 5 s; mesh estimates converge slower).
@@ -57,7 +59,7 @@ BENCH_CONFIG: dict[str, Any] = {
     "connections.max": 24,
     "connections.trim_interval_s": 5.0,
     "connections.trim_grace_s": 10.0,
-    "summary.neighbour_after_s": 15.0,
+    "summary.neighbour_after_s": 5.0,
     "dht.fast_walk_s": 5.0,
     "dht.join_jitter_s": 5.0,
     "telemetry.interval_s": 30.0,
@@ -149,6 +151,7 @@ async def _measure(
 
         limiter = trio.CapacityLimiter(256)
         ok = 0
+        outcomes: Counter[str] = Counter()  # of the current phase
 
         async def one(src: int, to: str, reliable: bool, token: object) -> None:
             nonlocal ok
@@ -157,7 +160,9 @@ async def _measure(
                     answer = await backend.send(
                         src, to, {"add": 1}, kind="msg", reliable=reliable, wait=False, timeout=5
                     )
-                    ok += answer.get("outcome") in ("delivered", "queued")
+                    outcome = str(answer.get("outcome"))
+                    outcomes[outcome] += 1
+                    ok += outcome in ("delivered", "queued")
             finally:
                 limiter.release_on_behalf_of(token)
 
@@ -172,12 +177,14 @@ async def _measure(
                 firsts.start_soon(one, rng.randrange(nodes), to, False, token)
         out["first_contact_msgs"] = len(targets)
         out["first_contact_delivered"] = ok
+        out["first_contact_outcomes"] = dict(outcomes)
         out["first_contact_real_s"] = round(time.perf_counter() - t_real, 1)
         out["first_contact_sim_s"] = round(trio.current_time() - t_sim, 2)
         _note(wall, f"first contact with {len(targets)} counters: {out['first_contact_real_s']} s")
         await trio.sleep(2.0)  # the records' puts finish
 
         sent = ok = 0
+        outcomes.clear()
         t_sim, t_real = trio.current_time(), time.perf_counter()
 
         async with trio.open_nursery() as sends:
@@ -194,6 +201,7 @@ async def _measure(
         sim = trio.current_time() - t_sim
         out["load_msgs"] = sent
         out["load_delivered_ratio"] = round(ok / sent, 4) if sent else None
+        out["load_outcomes"] = dict(outcomes)
         out["load_real_s_per_sim_s"] = round((time.perf_counter() - t_real) / sim, 3)
         out["degree_after_load"] = _degree(backend, nodes)
         _note(wall, f"load done: {out['load_real_s_per_sim_s']} real s per sim s; stopping")
