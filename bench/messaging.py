@@ -175,6 +175,10 @@ def _throughput(
     # The agents time their own blasts on one clock; the slowest one ends the phase.
     elapsed = max(b["elapsed_s"] for b in blasts)
     delivered = outcomes["delivered"]
+    if delivered < sum(outcomes.values()):
+        # Not every message arrived: show why (stream failures are logged at info).
+        for daemon in (sender, receiver):
+            print(f"--- {daemon.data_dir.name} log\n{daemon.log_tail()}", file=sys.stderr)
     return {
         "batch": batch,
         "senders": concurrency * LOADGENS,
@@ -198,9 +202,9 @@ def run_daemons(root: Path) -> dict[str, Any]:
         daemon.init()
     out: dict[str, Any] = {}
     try:
-        receiver.start("--log-level", "warning", env=env)
+        receiver.start("--log-level", "info", env=env)
         receiver.wait_ready()
-        sender.start("--log-level", "warning", "--bootstrap", receiver.addrs[0], env=env)
+        sender.start("--log-level", "info", "--bootstrap", receiver.addrs[0], env=env)
         sender.wait_ready()
         wait_until(lambda: receiver.peer_id in sender.peer_ids(), timeout=30, what="connect")
         sinks = _spawn(receiver, SINK_KIND, SINKS)
