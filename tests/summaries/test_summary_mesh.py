@@ -126,7 +126,9 @@ def test_ten_nodes_route_by_summaries(mesh: list[LocalDaemon]) -> None:
     observed = max(0, matches - paths.get("summary", 0)) / trials
     estimate = sum(s["fp_estimate"] for s in neighbours) / NODES
     print(f"false-positive rate observed {observed:.4f}, filters predict {estimate:.4f}")
-    assert observed <= max(2 * estimate, estimate + 0.02)
+    # A false positive is a fixed (agent, filter) pair: every message to that agent meets it
+    # again, so with 40 messages the observed rate scatters far more than a binomial's.
+    assert observed <= max(3 * estimate, estimate + 0.03)
     assert observed <= FP_RATE * 1.5
 
     # Capability search finds every tagged agent, wherever it lives.

@@ -80,7 +80,8 @@ async def test_concurrent_edits_converge_also_after_a_partition(tmp_path: Path) 
         print(f"caught up {trio.current_time() - healed:.3f} s after the partition healed")
         assert states(sw_c)[0]["x"] in ("from a", "from b")
         stats = sw_a.stats()["shared"]
-        assert stats["sync_answers"] + sum(s.stats()["shared"]["sync_answers"] for s in nodes) > 0
+        # Someone answered A's announce with what it missed (not necessarily A itself).
+        assert sum(s.stats()["shared"].get("sync_answers", 0) for s in nodes) > 0
         assert stats["state_rejected"] == {}
 
 
