@@ -78,6 +78,23 @@ _PROOF_TTL_MS = 365 * 24 * 3600 * 1000  # proposals and ballots are kept as proo
 _LOG_INTERVAL_S = 60.0
 _EMPTY_UPDATE = b"\x00\x00"
 _QUEUE = 64  # sync messages waiting to be published
+_COUNTERS = (
+    "announces_sent",
+    "announces_skipped",
+    "ballots",
+    "claims",
+    "proposals",
+    "state_ignored",
+    "state_update_bytes",
+    "state_writes",
+    "sync_answers",
+    "sync_dropped",
+    "sync_left_to_others",
+    "tasks_done",
+    "update_too_large",
+    "updates_sent",
+    "vector_too_large",
+)
 _MAX_FOLLOWERS = 1_024  # nodes remembered per swarm as followers (sync answer ranking)
 
 
@@ -106,7 +123,8 @@ class SharedState:
         self._followers: dict[str, dict[bytes, float]] = {}
         self._queue_in, self._queue_out = trio.open_memory_channel[tuple[str, Envelope]](_QUEUE)
         self._logged: dict[str, float] = {}
-        self.counters: Counter[str] = Counter()
+        # Every counter listed from the start, so that status readers find each one (at 0).
+        self.counters: Counter[str] = Counter(dict.fromkeys(_COUNTERS, 0))
         self.rejected: Counter[str] = Counter()
 
     # -- documents ------------------------------------------------------------------------
