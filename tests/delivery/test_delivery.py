@@ -168,6 +168,31 @@ async def test_echo_round_trip_across_nodes(tmp_path: Path) -> None:
         assert lost["outcome"] == UNREACHABLE
 
 
+def _yamux_streams(node: Node) -> list[Any]:
+    """The yamux streams under every libp2p stream of `node`'s connections."""
+    conns = node.net.host.get_network().connections.values()
+    return [s.muxed_stream for conn_list in conns for conn in conn_list for s in conn.streams]
+
+
+async def test_messages_one_at_a_time_cost_no_window_update_per_read(tmp_path: Path) -> None:
+    # At light load every read is one message (or one ACK): py-libp2p's default would answer
+    # each with a yamux WINDOW_UPDATE, a second write per message both ways. meshd.net.streams
+    # turns that off; credit then goes back once half a window is read, go-yamux's way.
+    async with running_nodes(tmp_path) as (a, b):
+        rec = await spawn(b, REC)
+        operator = await a.runtime.operator()
+        a.delivery.learn(rec, b.net.peer_id, b.addrs)
+        for n in range(40):
+            with trio.fail_after(STEP_S):
+                result = await a.runtime.send_as(operator, rec, n)
+            assert result["outcome"] == "delivered"
+        streams = [s for node in (a, b) for s in _yamux_streams(node)]
+        assert streams
+        assert sum(s._window_update_bytes_read_only for s in streams) == 0
+        assert a.net.stats()["messages"]["writes"] == 40
+        assert b.net.stats()["messages"]["ack_writes"] == 40
+
+
 async def test_send_many_queues_per_peer_at_once_and_reports_in_order(tmp_path: Path) -> None:
     async with running_nodes(tmp_path) as (a, b):
         fan, local = await spawn(a, REC), await spawn(a, REC)
