@@ -289,7 +289,12 @@ class MessageStreams:
                     self.counters["sends_unreachable"] += 1
                     return SendResult(UNREACHABLE, channel.unreachable_detail)
                 try:
-                    await channel.send.send(item)  # waits while the peer's queue is full
+                    # No schedule point when there is room: the wait for the ACK below is
+                    # one, and a second per message costs a pass of the event loop.
+                    try:
+                        channel.send.send_nowait(item)
+                    except trio.WouldBlock:
+                        await channel.send.send(item)  # waits while the peer's queue is full
                     break
                 except (trio.ClosedResourceError, trio.BrokenResourceError):
                     continue  # its task just retired after idling: a new channel takes over
