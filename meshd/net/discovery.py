@@ -9,8 +9,11 @@ that peer from its table). So this service:
   together do not all hit the seed within the same few milliseconds;
 - adds each connected peer to the routing table once identify shows it speaks our
   Kademlia id (and re-adds connected peers the table lost after a reset stream);
-- walks the DHT (a lookup of our own id, then of random peer ids) quickly while the
-  table is small or still growing, backing off exponentially once nothing new turns up;
+- walks the DHT (our own id, then random peer ids) quickly while the table is small or
+  still growing, backing off exponentially once a walk adds no peer the table never held
+  (connected peers coming and going are not growth); a walk asks only the DHT peers we
+  are connected to (one FIND_NODE round, no dials), except while the table is small, when
+  it is a full lookup, which with a bounded degree dials most of the ~20 peers it asks;
 - dials peers the walks found while we hold fewer connections than the low watermark,
   with a per-peer backoff, and drops unreachable peers from the routing table;
 - redials the bootstrap peers while it has no connection at all (seeds not up yet, or
@@ -63,6 +66,9 @@ _MAX_ADMITTING = 16
 _TABLE_POLL_S = 0.5
 _MAX_DIAL_BACKOFF_S = 300.0
 _CLOSE_TIMEOUT_S = 2.0
+# Connected peers one walk asks (py-libp2p's lookups run 10 queries at once, ALPHA).
+_CONNECTED_WALK_PEERS = 10
+_MAX_SEEN = 16_384  # peers remembered as seen (beyond it, unseen peers count as new)
 
 
 def _short(error: BaseException) -> str:
@@ -97,6 +103,8 @@ class Discovery:
         # peer -> trio time it connected (the trim spares connections in their grace period)
         self._connected_at: dict[Any, float] = {}
         self._self_key = int.from_bytes(peer_id_to_key(self._self_id), "big")
+        # Peers the routing table ever held: a walk that adds none of these is "nothing new".
+        self._seen: set[Any] = set()
 
     # -- called by the network's notifee (synchronously, never blocks) ----------------
 
@@ -220,10 +228,12 @@ class Discovery:
 
     # -- walks and dials ---------------------------------------------------------------
 
-    def _known(self) -> set[Any]:
-        known = set(self._dht.routing_table.get_peer_ids())
-        known.update(self._host.get_connected_peers())
-        return known
+    def _newly_seen(self) -> int:
+        """Peers in the routing table never seen there before (remembered, bounded)."""
+        fresh = [p for p in self._dht.routing_table.get_peer_ids() if p not in self._seen]
+        room = _MAX_SEEN - len(self._seen)
+        self._seen.update(fresh[: max(room, 0)])
+        return len(fresh)
 
     async def _walk_loop(self) -> None:
         settings = self._settings
@@ -244,12 +254,30 @@ class Discovery:
                 )
                 next_join = trio.current_time() + join_wait * self._rng.uniform(0.75, 1.25)
             self._readmit_connected()
-            before = self._known()
-            await self._walk(self._self_id.to_bytes() if first else self._random_key())
+            self._newly_seen()
+            size_before = self._dht.get_routing_table_size()
+            if first:
+                # Our own id first, through the peers we joined (the seeds answer with the
+                # peers they know closest to us, and learn of us); a full lookup if none of
+                # them speaks our DHT. A joining node's full lookup dialed about 20 peers
+                # at once, which made a mesh started all at once a storm of handshakes.
+                await self._wait_admitted()
+                await self._walk_connected(self._self_id.to_bytes())
+            elif self._dht.get_routing_table_size() < settings.small_table:
+                await self._walk(self._random_key())  # a full lookup: it dials whom it asks
+            else:
+                await self._walk_connected(self._random_key())
             first = False
             await self._dial_discovered()
-            grew = bool(self._known() - before)
+            # Only peers the table never held count as growth: connected peers come and go
+            # (other nodes' lookups dial us, the trim closes them), and a peer the table
+            # lost to a reset stream and got back is not news. Counting those kept walks at
+            # the fast interval for ever in a bounded-degree mesh. Once the table is not
+            # small, growth must be a quarter of it: py-libp2p's table has no size bound,
+            # so in a large mesh every walk of a random key learns someone new.
+            fresh = self._newly_seen()
             small = self._dht.get_routing_table_size() < settings.small_table
+            grew = fresh > 0 and (small or fresh * 4 >= size_before)
             if grew:
                 interval = settings.fast_walk_s
             else:
@@ -273,6 +301,41 @@ class Discovery:
         except Exception as exc:
             self._counters["walk_errors"] += 1
             log.debug("DHT walk failed: %s", _short(exc))
+
+    async def _wait_admitted(self) -> None:
+        """Wait (bounded) until a connected peer is in the routing table, if any is connected."""
+        table = self._dht.routing_table
+        with trio.move_on_after(_IDENTIFY_WAIT_S):
+            while self._host.get_connected_peers():
+                if any(table.peer_in_table(p) for p in self._host.get_connected_peers()):
+                    return
+                await trio.sleep(_IDENTIFY_POLL_S)
+
+    async def _walk_connected(self, key: bytes) -> None:
+        """Ask the connected DHT peers (no dials) for their peers closest to `key`.
+
+        Once the table is not small, a walk is there to learn peers of every distance
+        class, not to find the closest peers of a key: one round over connections we hold
+        does that. A full lookup asks about 20 peers and, with a bounded degree, dials most
+        of them (each a Noise handshake, identify and GossipSub hello, closed again by the
+        trim): at 50 nodes that was 1.7 dials per node per second at idle. py-libp2p's
+        one-peer FIND_NODE query adds what it learns to the routing table and peerstore.
+        """
+        table = self._dht.routing_table
+        peers = [p for p in self._host.get_connected_peers() if table.peer_in_table(p)]
+        if not peers:
+            await self._walk(key)
+            return
+        self._counters["walks"] += 1
+        self._counters["walks_connected"] += 1  # of the walks, those over connections only
+        self._rng.shuffle(peers)
+        query = self._dht.peer_routing._query_peer_for_closest
+        with trio.move_on_after(self._settings.lookup_timeout_s) as scope:
+            async with trio.open_nursery() as nursery:
+                for peer in peers[:_CONNECTED_WALK_PEERS]:
+                    nursery.start_soon(query, peer, key)
+        if scope.cancelled_caught:
+            self._counters["walk_timeouts"] += 1
 
     async def _dial_discovered(self) -> None:
         need = self._settings.low_watermark - len(self._host.get_connected_peers())
