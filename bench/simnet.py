@@ -30,6 +30,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 # Run as a script, this file's directory comes first on sys.path, where bench/protocol.py would
@@ -79,9 +80,73 @@ def _note(started: float, text: str) -> None:
     print(f"[{time.perf_counter() - started:7.1f} s] {text}", file=sys.stderr, flush=True)
 
 
+# Who dials: the first frame of the dialing task that belongs to one of these modules (a
+# trio task's stack ends at its own coroutine, so this is the code that wanted the connection).
+_DIAL_CAUSES = (
+    ("kad_dht/peer_routing", "dht_lookup"),
+    ("kad_dht/value_store", "dht_store"),
+    ("kad_dht/provider_store", "dht_provide"),
+    ("kad_dht/routing_table", "dht_ping"),
+    ("kad_dht/kad_dht", "dht_other"),
+    ("network/auto_connector", "autoconnect"),
+    ("meshd/net/discovery", "discovery"),
+    ("meshd/net/streams", "messages"),
+    ("meshd/net/rpc", "requests"),
+    ("pubsub/", "gossip"),
+)
+DIAL_CAUSES: Counter[str] = Counter()
+
+
+def _count_dial_causes() -> None:
+    """Wrap `Swarm.dial_peer` (in this bench process only) to count real dials by cause."""
+    from libp2p.network.swarm import Swarm
+
+    original = Swarm.dial_peer
+
+    async def dial_peer(self: Any, peer_id: Any) -> Any:
+        if not any(not c.is_closed for c in self.get_connections(peer_id)):
+            frame: FrameType | None = sys._getframe(1)
+            cause = "other"
+            while frame is not None:
+                name = frame.f_code.co_filename
+                found = next((c for part, c in _DIAL_CAUSES if part in name), None)
+                if found is not None:
+                    cause = found
+                    break
+                frame = frame.f_back
+            DIAL_CAUSES[cause] += 1
+        return await original(self, peer_id)
+
+    Swarm.dial_peer = dial_peer  # type: ignore[method-assign]
+
+
 def _degree(backend: Any, nodes: int) -> list[int]:
     peers = sorted(len(backend.node(n).peers()) for n in range(nodes))
     return [peers[0], peers[len(peers) // 2], peers[-1]]
+
+
+# Network counters summed over the nodes (`Libp2pNetwork.stats`), to see what runs at idle.
+_NET_COUNTERS = (
+    "walks",
+    "walks_connected",
+    "dials_ok",
+    "dials_failed",
+    "peers_connected",
+    "trimmed",
+    "table_evictions",
+    "dht_puts",
+    "dht_gets",
+    "dht_provides",
+)
+
+
+def _net_totals(backend: Any, nodes: int) -> Counter[str]:
+    totals: Counter[str] = Counter()
+    for n in range(nodes):
+        stats = backend.node(n).status()["network"]
+        for name in _NET_COUNTERS:
+            totals[name] += int(stats.get(name, 0))
+    return totals
 
 
 async def _measure(
@@ -130,11 +195,25 @@ async def _measure(
         out["kb_per_node"] = round(rss / nodes / 1024, 1)
         out["bytes_per_agent_incl_nodes"] = round(rss / agents, 1)
         out["degree_min_median_max"] = _degree(backend, nodes)
+        tables = sorted(backend.node(n).status()["dht_routing_table"] for n in range(nodes))
+        out["table_min_median_max"] = [tables[0], tables[len(tables) // 2], tables[-1]]
         out["connections"] = backend.links.connections() // 2
 
+        out["settle_dials_per_node"] = {
+            cause: round(count / nodes, 1) for cause, count in DIAL_CAUSES.most_common()
+        }
         chunks0, dials0 = backend.links.counters["bytes"], backend.links.counters["dials"]
+        causes0, net0 = Counter(DIAL_CAUSES), _net_totals(backend, nodes)
         t_sim, t_real = trio.current_time(), time.perf_counter()
         await trio.sleep(idle_s)
+        out["idle_dials_by_cause_per_node_per_sim_s"] = {
+            cause: round(count / nodes / idle_s, 3)
+            for cause, count in (DIAL_CAUSES - causes0).most_common()
+        }
+        out["idle_net_per_node_per_sim_s"] = {
+            name: round(count / nodes / idle_s, 3)
+            for name, count in (_net_totals(backend, nodes) - net0).most_common()
+        }
         out["idle_real_s_per_sim_s"] = round((time.perf_counter() - t_real) / idle_s, 3)
         out["idle_kb_per_node_per_sim_s"] = round(
             (backend.links.counters["bytes"] - chunks0) / 1024 / nodes / idle_s, 1
@@ -147,7 +226,12 @@ async def _measure(
             / nodes,
             1,
         )
-        _note(wall, f"idle done: {out['idle_real_s_per_sim_s']} real s per sim s; load")
+        _note(
+            wall,
+            f"idle done: {out['idle_real_s_per_sim_s']} real s per sim s; per node per sim s: "
+            f"dials {out['idle_dials_by_cause_per_node_per_sim_s']}, "
+            f"network {out['idle_net_per_node_per_sim_s']}; load",
+        )
 
         limiter = trio.CapacityLimiter(256)
         ok = 0
@@ -215,6 +299,7 @@ def _one(
 
     from simnet.runner import virtual_clock
 
+    _count_dial_causes()
     logging.basicConfig(level=logging.CRITICAL)
     logging.getLogger("libp2p").setLevel(logging.CRITICAL)
     with tempfile.TemporaryDirectory(prefix="simnet-bench-") as tmp, virtual_clock() as clock:
@@ -255,6 +340,17 @@ def _print_row(row: dict[str, Any], base: dict[str, Any]) -> None:
         f"contact with {row['first_contact_msgs']} dormant counters took "
         f"{row['first_contact_real_s']} s real ({row['first_contact_sim_s']} sim s)"
     )
+
+
+def _print_causes(row: dict[str, Any]) -> None:
+    # Older rows (from before these figures existed) have none of them.
+    if "idle_dials_by_cause_per_node_per_sim_s" in row:
+        print(
+            f"      routing table min/median/max {row['table_min_median_max']}; dials per node "
+            f"in settle {row['settle_dials_per_node']}; at idle per node per sim s: dials "
+            f"{row['idle_dials_by_cause_per_node_per_sim_s']}, "
+            f"network {row['idle_net_per_node_per_sim_s']}"
+        )
 
 
 def main() -> None:
@@ -307,6 +403,7 @@ def main() -> None:
         row["run_real_s"] = round(time.perf_counter() - started, 1)
         rows.append(row)
         _print_row(row, rows[0])
+        _print_causes(row)
     largest = rows[-1] if rows else None
     if largest is not None:
         print(
