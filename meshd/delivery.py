@@ -33,7 +33,8 @@ import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
@@ -57,6 +58,8 @@ if TYPE_CHECKING:
     from trio_typing import TaskStatus
 
 __all__ = ["TIMEOUT", "Delivery", "DeliverySettings"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("meshd.delivery")
 
@@ -103,6 +106,18 @@ class DeliverySettings:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+
+
+async def _put(channel: trio.MemorySendChannel[T], value: T) -> None:
+    """Send on a bounded channel; a schedule point only when it must wait for room.
+
+    At light load each message crosses several tasks; a pass of the event loop per hop that
+    did not need one is most of what a lone message costs here.
+    """
+    try:
+        channel.send_nowait(value)
+    except trio.WouldBlock:
+        await channel.send(value)
 
 
 class _Job:
@@ -423,7 +438,7 @@ class Delivery:
                 nursery.start_soon(self._deliver_loop, jobs_recv, nursery)
                 await nursery.start(self.topics.serve)
                 # The handler waits while our queue is full: that is the peers' backpressure.
-                self._network.set_message_handler(batches_send.send)
+                self._network.set_message_handler(partial(_put, batches_send))
                 self._runtime.messenger = self
                 task_status.started()
                 await trio.sleep_forever()
@@ -467,17 +482,17 @@ class Delivery:
                     job.results = self._check([msg for _batch, msg in items], now_ms)
                     job.done.set()
                     items = []
-                    await jobs.send(job)
+                    await _put(jobs, job)
                 for start in range(0, len(items), size):
                     job = _Job(items[start : start + size])
                     # Bounded: at most `verify_ahead` jobs wait in `jobs`, plus one being sent.
                     nursery.start_soon(self._verify, job, now_ms)
-                    await jobs.send(job)
+                    await _put(jobs, job)
                 if refused:
                     job = _Job(refused)
                     job.results = [_BANNED] * len(refused)
                     job.done.set()
-                    await jobs.send(job)
+                    await _put(jobs, job)
 
     async def _verify(self, job: _Job, now_ms: int) -> None:
         msgs = [msg for _batch, msg in job.items]
@@ -506,7 +521,8 @@ class Delivery:
     ) -> None:
         runtime, replay, router, guard = self._runtime, self._replay, self.router, self.guard
         async for job in jobs:
-            await job.done.wait()
+            if not job.done.is_set():  # checked inline, or by a thread that already finished
+                await job.done.wait()
             now_ms = self._clock()
             answers: dict[int, tuple[InboundBatch, list[AckEntry]]] = {}
             for (batch, msg), result in zip(job.items, job.results, strict=True):

@@ -684,7 +684,10 @@ class MessageStreams:
                         delay = self._guard.peer_delay(peer_id, len(msgs), trio.current_time())
                         if delay > 0:
                             await trio.sleep(delay)
-                    await slots.acquire()
+                    try:  # the read above was the schedule point; wait only when we must
+                        slots.acquire_nowait()
+                    except trio.WouldBlock:
+                        await slots.acquire()
                     try:
                         await handler(_Batch(peer_id, msgs, outbox))
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
