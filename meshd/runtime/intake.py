@@ -231,7 +231,12 @@ class IntakeMixin:
 
     async def _drain(self, activation: Activation) -> None:
         try:
-            async with self._limiter:
+            # Entering the task was the schedule point: wait for a slot only when none is free.
+            try:
+                self._limiter.acquire_nowait()
+            except trio.WouldBlock:
+                await self._limiter.acquire()
+            try:
                 while activation.inbox and not activation.stopping:
                     message, ack = activation.inbox.popleft()
                     try:
@@ -252,6 +257,8 @@ class IntakeMixin:
                         activation.running = False
                         await self.delete(activation.agent, reason="done")
                         return
+            finally:
+                self._limiter.release()
         finally:
             activation.running = False
             activation.last_used = trio.current_time()
