@@ -13,7 +13,6 @@ import pytest
 import trio
 
 from meshd.clock import wall_ms
-from meshd.net.types import TopicHandler
 from meshd.pubsub import Topics
 from meshd.runtime.runtime import Runtime
 from meshd.runtime.sdk import AgentError
@@ -24,6 +23,7 @@ from protocol.envelope import Envelope, open_envelope
 from protocol.errors import RemoteProtocolError
 from protocol.ids import AgentId, SigningKey
 from protocol.swarm import KIND_HEARTBEAT, heartbeat_body
+from simnet.topicbus import TopicBus, TopicBusNet
 from tests.swarms import kinds
 
 STEP_S = 10.0
@@ -41,71 +41,19 @@ async def until(check: Callable[[], Any], what: str) -> None:
     pytest.fail(f"timed out waiting for {what}")
 
 
-class Bus:
-    """Topic messages between fake networks, checked like the GossipSub validator does."""
-
-    def __init__(self) -> None:
-        self.nets: list[FakeNet] = []
-        self.cut: set[frozenset[int]] = set()  # pairs of nets (by id) that cannot talk
-        self.sent: list[tuple[str, bytes]] = []  # every (topic, frame) published
-        self.latency_s = 0.0  # each delivery waits up to this long (seeded random)
-        self.random = random.Random(SEED)
-
-    def partition(self, *groups: list[FakeNet]) -> None:
-        """Cut every link between nets of different groups (heal with `heal`)."""
-        for i, group in enumerate(groups):
-            for other in groups[i + 1 :]:
-                self.cut.update(frozenset({id(a), id(b)}) for a in group for b in other)
-
-    def heal(self) -> None:
-        """Join every net again."""
-        self.cut.clear()
-
-    async def publish(self, sender: FakeNet, topic: str, frame: bytes) -> None:
-        open_envelope(frame, now_ms=wall_ms())  # what the real validator checks first
-        self.sent.append((topic, frame))
-        for net in list(self.nets):
-            if frozenset({id(sender), id(net)}) in self.cut:
-                continue
-            if net is not sender and topic in net.subscribed and net.handler is not None:
-                if self.latency_s:
-                    await trio.sleep(self.random.uniform(0, self.latency_s))
-                    if net.handler is None or net not in self.nets:
-                        continue  # stopped meanwhile
-                await net.handler(topic, frame)
-
-
-class FakeNet:
-    """The topic part of `Network`, on a `Bus`."""
-
-    def __init__(self, bus: Bus) -> None:
-        self.bus = bus
-        self.handler: TopicHandler | None = None
-        self.subscribed: set[str] = set()
-        self.topics: Topics | None = None  # the node's pub/sub, for tests that use it
-        bus.nets.append(self)
-
-    def set_topic_handler(self, handler: TopicHandler | None) -> None:
-        self.handler = handler
-
-    async def subscribe_topic(self, topic: str) -> None:
-        self.subscribed.add(topic)
-
-    async def unsubscribe_topic(self, topic: str) -> None:
-        self.subscribed.discard(topic)
-
-    async def publish_topic(self, topic: str, envelope: bytes) -> None:
-        await self.bus.publish(self, topic, envelope)
+def Bus() -> TopicBus:
+    """A topic bus for these tests, its latency drawn from the run's seed."""
+    return TopicBus(seed=SEED)
 
 
 @asynccontextmanager
 async def swarm_node(
-    bus: Bus, path: Path, seed: bytes, settings: SwarmSettings = FAST
-) -> AsyncIterator[tuple[Runtime, Swarms, FakeNet]]:
+    bus: TopicBus, path: Path, seed: bytes, settings: SwarmSettings = FAST
+) -> AsyncIterator[tuple[Runtime, Swarms, TopicBusNet]]:
     """A runtime, its pub/sub and its swarms over the bus; all stopped on exit (a crash)."""
     async with Store(path) as store, trio.open_nursery() as nursery:
         runtime = Runtime(store, SigningKey(seed))
-        net = FakeNet(bus)
+        net = TopicBusNet(bus)
         topics = net.topics = Topics(runtime, net)
         swarms = Swarms(runtime, net, topics, node_key=SigningKey(seed), settings=settings)
         runtime.swarms = swarms  # as build_node does, for ctx.swarm
@@ -115,7 +63,7 @@ async def swarm_node(
         try:
             yield runtime, swarms, net
         finally:
-            bus.nets.remove(net)
+            bus.leave(net)
             nursery.cancel_scope.cancel()
 
 
