@@ -19,6 +19,7 @@ import logging
 import socket
 from collections import Counter
 from collections.abc import Sequence
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -67,6 +68,51 @@ log = logging.getLogger("meshd.net")
 _CLOSE_TIMEOUT_S = 2.0
 _CLOSE_QUEUE = 64  # banned peers waiting to be disconnected
 _RECONCILE_S = 1.0
+# A DHT get stops at this many valid records (the validator picks the best of them) ...
+GET_QUORUM = 3
+# ... and asks at most this many peers for the value (Kademlia's k: the peers a put stores at).
+GET_MAX_QUERIES = 20
+
+
+class _GetBudget:
+    """GET_VALUE queries one `dht_get` may still send (its tasks see it through a ContextVar)."""
+
+    def __init__(self, left: int) -> None:
+        self.left = left
+
+
+_get_budget: ContextVar[_GetBudget | None] = ContextVar("meshd_dht_get_budget", default=None)
+
+
+def _bound_gets(value_store: Any) -> None:
+    """Bound py-libp2p's `get_value` on this DHT: GET_MAX_QUERIES peers, no entry correction.
+
+    py-libp2p 0.8.1 asks every peer it hears of for the value until none is left, unless a
+    quorum of records arrived; a key with no record (mass-spawned agents have none, by
+    design) thus asked every peer near the key and beyond, each a dial in a bounded-degree
+    mesh. After a get it also stores the record at every close peer that lacked it, more
+    dials. Inside `dht_get` (the ContextVar is set), queries beyond the budget answer "no
+    record" without touching the network, and those stores are skipped; the owner's puts
+    and refreshes (`meshd.publisher`) keep records where they belong.
+    """
+    get_from_peer = value_store._get_from_peer
+    store_at_peer = value_store._store_at_peer
+
+    async def bounded_get(peer_id: Any, key: bytes, *args: Any, **kwargs: Any) -> Any:
+        budget = _get_budget.get()
+        if budget is not None:
+            if budget.left <= 0:
+                return None
+            budget.left -= 1
+        return await get_from_peer(peer_id, key, *args, **kwargs)
+
+    async def store_unless_getting(peer_id: Any, key: bytes, *args: Any, **kwargs: Any) -> Any:
+        if _get_budget.get() is not None:
+            return False
+        return await store_at_peer(peer_id, key, *args, **kwargs)
+
+    value_store._get_from_peer = bounded_get
+    value_store._store_at_peer = store_unless_getting
 
 
 class _Notifee(INotifee):
@@ -162,6 +208,7 @@ class Libp2pNetwork:
         # Strict: a key outside /pk/, /ipns/ and /ma/ is refused, not stored unchecked.
         self._dht = KadDHT(self._host, DHTMode.SERVER, strict_validation=True)
         self._dht.register_validator(AGENT_RECORD_NAMESPACE, self.validator)
+        _bound_gets(self._dht.value_store)
         self._counters: Counter[str] = Counter()
         self._events: trio.MemorySendChannel[NetEvent] | None = None
         # peer -> trio time we first saw a live connection to it
@@ -256,12 +303,15 @@ class Libp2pNetwork:
     async def dht_get(self, key: str) -> bytes | None:
         """The best record under `key` in the DHT, or None (failures count, never raise)."""
         self._counters["dht_gets"] += 1
+        token = _get_budget.set(_GetBudget(GET_MAX_QUERIES))
         try:
-            value = await self._dht.get_value(key)
+            value = await self._dht.get_value(key, quorum=GET_QUORUM)
         except Exception as exc:  # py-libp2p raises many kinds here; a lookup just fails
             self._counters["dht_get_errors"] += 1
             log.debug("DHT get %s failed: %s", key, exc)
             return None
+        finally:
+            _get_budget.reset(token)
         return bytes(value) if value is not None else None
 
     def stats(self) -> dict[str, Any]:
