@@ -62,6 +62,7 @@ log = logging.getLogger("meshd.net.discovery")
 _PEER_ID_PREFIX = b"\x00\x24\x08\x01\x12\x20"
 _IDENTIFY_WAIT_S = 5.0
 _IDENTIFY_POLL_S = 0.05
+_ADMIT_WAIT_S = 2.0  # before the first walk, for a seed to enter the routing table
 _MAX_ADMITTING = 16
 _TABLE_POLL_S = 0.5
 _MAX_DIAL_BACKOFF_S = 300.0
@@ -303,10 +304,12 @@ class Discovery:
             log.debug("DHT walk failed: %s", _short(exc))
 
     async def _wait_admitted(self) -> None:
-        """Wait (bounded) until a connected peer is in the routing table, if any is connected."""
+        """Wait (bounded) until a connected peer is in the routing table (identify done)."""
         table = self._dht.routing_table
-        with trio.move_on_after(_IDENTIFY_WAIT_S):
-            while self._host.get_connected_peers():
+        # The whole bound even if our connections drop meanwhile: the fallback lookup would
+        # redial at once a peer that just closed on us, before it even saw us leave.
+        with trio.move_on_after(_ADMIT_WAIT_S):
+            while True:
                 if any(table.peer_in_table(p) for p in self._host.get_connected_peers()):
                     return
                 await trio.sleep(_IDENTIFY_POLL_S)
