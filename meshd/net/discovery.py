@@ -67,8 +67,8 @@ _MAX_ADMITTING = 16
 _TABLE_POLL_S = 0.5
 _MAX_DIAL_BACKOFF_S = 300.0
 _CLOSE_TIMEOUT_S = 2.0
-# Connected peers one walk asks (py-libp2p's lookups run 10 queries at once, ALPHA).
-_CONNECTED_WALK_PEERS = 10
+# Connected peers one walk asks (Kademlia's alpha): each answer carries 20 signed peer records.
+_CONNECTED_WALK_PEERS = 3
 _MAX_SEEN = 16_384  # peers remembered as seen (beyond it, unseen peers count as new)
 
 
