@@ -84,6 +84,7 @@ def _note(started: float, text: str) -> None:
 # trio task's stack ends at its own coroutine, so this is the code that wanted the connection).
 _DIAL_CAUSES = (
     ("kad_dht/peer_routing", "dht_lookup"),
+    ("kad_dht/value_store.py:_get_from_peer", "dht_get"),
     ("kad_dht/value_store", "dht_store"),
     ("kad_dht/provider_store", "dht_provide"),
     ("kad_dht/routing_table", "dht_ping"),
@@ -108,7 +109,7 @@ def _count_dial_causes() -> None:
             frame: FrameType | None = sys._getframe(1)
             cause = "other"
             while frame is not None:
-                name = frame.f_code.co_filename
+                name = f"{frame.f_code.co_filename}:{frame.f_code.co_name}"
                 found = next((c for part, c in _DIAL_CAUSES if part in name), None)
                 if found is not None:
                     cause = found
@@ -138,6 +139,10 @@ _NET_COUNTERS = (
     "dht_gets",
     "dht_provides",
 )
+
+
+def _causes_since(before: Counter[str], nodes: int) -> dict[str, float]:
+    return {c: round(n / nodes, 2) for c, n in (DIAL_CAUSES - before).most_common()}
 
 
 def _net_totals(backend: Any, nodes: int) -> Counter[str]:
@@ -253,6 +258,7 @@ async def _measure(
         # First contact, measured apart: a dormant counter's first message activates it, and
         # an activated agent's record goes into the DHT (meshd.publisher), a put at the 20
         # closest peers, each dialed; later messages to it cost none of that.
+        causes0 = Counter(DIAL_CAUSES)
         t_sim, t_real = trio.current_time(), time.perf_counter()
         async with trio.open_nursery() as firsts:
             for _, to in targets:
@@ -263,12 +269,18 @@ async def _measure(
         out["first_contact_delivered"] = ok
         out["first_contact_outcomes"] = dict(outcomes)
         out["first_contact_real_s"] = round(time.perf_counter() - t_real, 1)
+        out["first_contact_dials_per_node"] = _causes_since(causes0, nodes)
         out["first_contact_sim_s"] = round(trio.current_time() - t_sim, 2)
-        _note(wall, f"first contact with {len(targets)} counters: {out['first_contact_real_s']} s")
+        _note(
+            wall,
+            f"first contact with {len(targets)} counters: {out['first_contact_real_s']} s, "
+            f"{out['first_contact_outcomes']}, dials/node {out['first_contact_dials_per_node']}",
+        )
         await trio.sleep(2.0)  # the records' puts finish
 
         sent = ok = 0
         outcomes.clear()
+        causes0 = Counter(DIAL_CAUSES)
         t_sim, t_real = trio.current_time(), time.perf_counter()
 
         async with trio.open_nursery() as sends:
@@ -285,10 +297,15 @@ async def _measure(
         sim = trio.current_time() - t_sim
         out["load_msgs"] = sent
         out["load_delivered_ratio"] = round(ok / sent, 4) if sent else None
+        out["load_dials_per_node"] = _causes_since(causes0, nodes)
         out["load_outcomes"] = dict(outcomes)
         out["load_real_s_per_sim_s"] = round((time.perf_counter() - t_real) / sim, 3)
         out["degree_after_load"] = _degree(backend, nodes)
-        _note(wall, f"load done: {out['load_real_s_per_sim_s']} real s per sim s; stopping")
+        _note(
+            wall,
+            f"load done: {out['load_real_s_per_sim_s']} real s per sim s, "
+            f"{out['load_outcomes']}, dials/node {out['load_dials_per_node']}; stopping",
+        )
     return out
 
 
@@ -349,7 +366,8 @@ def _print_causes(row: dict[str, Any]) -> None:
             f"      routing table min/median/max {row['table_min_median_max']}; dials per node "
             f"in settle {row['settle_dials_per_node']}; at idle per node per sim s: dials "
             f"{row['idle_dials_by_cause_per_node_per_sim_s']}, "
-            f"network {row['idle_net_per_node_per_sim_s']}"
+            f"network {row['idle_net_per_node_per_sim_s']}; dials per node at first contact "
+            f"{row['first_contact_dials_per_node']}, under load {row['load_dials_per_node']}"
         )
 
 
