@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from meshd.clock import WallClock, wall_ms
 from meshd.config import Config
 from meshd.node import ApiRunner, Node
 from meshd.paths import DB_FILE
@@ -29,8 +30,13 @@ async def build_node(
     *,
     api: ApiRunner | None = None,
     log_counters: Any = None,
+    clock: WallClock = wall_ms,
 ) -> AsyncIterator[Node]:
-    """The node for `network` with its data in `directory`; its store closes on exit."""
+    """The node for `network` with its data in `directory`; its store closes on exit.
+
+    `clock` is the wall clock of every service (envelope and record expiry, TTLs); simnet
+    under virtual time hands one that moves with the virtual clock.
+    """
     import trio
 
     from meshd.delivery import Delivery
@@ -48,13 +54,14 @@ async def build_node(
 
     # The store outlives the node's nursery: leaving it commits what is queued.
     async with Store(directory / DB_FILE) as store:
-        runtime = Runtime(store, SigningKey(seed), config.agents)
+        runtime = Runtime(store, SigningKey(seed), config.agents, clock=clock)
         summaries = Summaries(
             runtime,
             network,
             config.summary,
             provide=network.dht_provide,
             find_providers=network.dht_find_providers,
+            clock=clock,
         )
         router = Router(
             runtime.hosts,
@@ -62,22 +69,30 @@ async def build_node(
             lookup_timeout_s=config.dht.lookup_timeout_s,
             summaries=summaries,
             exclude_s=config.summary.exclude_s,
+            clock=clock,
         )
-        delivery = Delivery(runtime, network, router=router, guard=guard)
+        delivery = Delivery(runtime, network, router=router, guard=guard, clock=clock)
         summaries.on_invalid = lambda peer: delivery.guard.penalise(
             peer, "bad_summary", trio.current_time()
         )
-        publisher = Publisher(runtime, network.dht_put, network.listen_addrs)
-        trust = Trust(config.trust, runtime, network.dht_get)
+        publisher = Publisher(runtime, network.dht_put, network.listen_addrs, clock=clock)
+        trust = Trust(config.trust, runtime, network.dht_get, clock=clock)
         await trust.load()
         delivery.trust = trust
         runtime.listener = Listeners(publisher, summaries)
         migrator = Migrator(
             runtime, network, publisher, router=router, policy=trust.migration_policy
         )
-        telemetry = Telemetry(SigningKey(seed), network, runtime, delivery, config.telemetry)
+        telemetry = Telemetry(
+            SigningKey(seed), network, runtime, delivery, config.telemetry, clock=clock
+        )
         swarms = Swarms(
-            runtime, network, delivery.topics, node_key=SigningKey(seed), settings=config.swarm
+            runtime,
+            network,
+            delivery.topics,
+            node_key=SigningKey(seed),
+            settings=config.swarm,
+            clock=clock,
         )
         runtime.swarms = swarms
         # The collector reads node.status() at scrape time; two hooks feed histograms.
