@@ -523,7 +523,7 @@ class Delivery:
         async for job in jobs:
             if not job.done.is_set():  # checked inline, or by a thread that already finished
                 await job.done.wait()
-            now_ms = self._clock()
+            now_ms, now = self._clock(), trio.current_time()
             answers: dict[int, tuple[InboundBatch, list[AckEntry]]] = {}
             for (batch, msg), result in zip(job.items, job.results, strict=True):
                 known = answers.get(id(batch))
@@ -552,7 +552,7 @@ class Delivery:
                     entries.append(self._reject(batch.peer_id, msg.seq, refusal_error(refusal)))
                     continue
                 sender = result.sender
-                if not guard.admit_agent(sender.raw, trio.current_time()):
+                if not guard.admit_agent(sender.raw, now):
                     entries.append(self._reject(batch.peer_id, msg.seq, _LIMITED))
                     continue
                 if not router.knows(sender) and not runtime.hosts(sender):
