@@ -245,15 +245,17 @@ _KEYS: tuple[_Key, ...] = (
         "connections.high_watermark",
         32,
         _int(1, 10_000),
-        "Above this many connections, trim back to the low watermark (if trim_interval_s > 0).",
+        "Above this many connections, trim back to the middle of the two watermarks "
+        "(if trim_interval_s > 0).",
     ),
     _Key("connections.max", 64, _int(1, 10_000), "Hard cap on connections."),
     _Key(
         "connections.trim_interval_s",
         0.0,
         _float(0.0, 3600.0),
-        "How often connections above the high watermark are trimmed to the low one "
-        "(DHT-spread peers kept). 0 (default): never; py-libp2p's pruner never trims either.",
+        "How often connections above the high watermark are trimmed to the middle of the "
+        "watermarks (DHT-spread peers kept). 0 (default): never; py-libp2p's pruner never "
+        "trims either.",
     ),
     _Key(
         "connections.trim_grace_s",

@@ -55,11 +55,12 @@ def _distance_class(me: ID, peer: ID) -> int:
 
 
 def test_trim_keeps_the_low_watermark_spread_over_distance_classes_and_spares_the_young() -> None:
-    settings = DiscoverySettings(low_watermark=4, high_watermark=8, trim_grace_s=20.0)
+    # A trim keeps (low + high) // 2 = 4 connections (py-libp2p's auto-connector target).
+    settings = DiscoverySettings(low_watermark=4, high_watermark=5, trim_grace_s=20.0)
     discovery, me = _discovery(settings)
     peers = [_peer() for _ in range(12)]
     # Not above the high watermark: nothing to close.
-    assert discovery.trim_choice(peers[:8], now=100.0) == []
+    assert discovery.trim_choice(peers[:5], now=100.0) == []
     for peer in peers:
         discovery._connected_at[peer] = 0.0  # all old
     doomed = discovery.trim_choice(peers, now=100.0)
