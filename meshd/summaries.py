@@ -637,17 +637,25 @@ class Summaries:
     async def _provide_loop(self) -> None:
         """Announce our capability tags as DHT provider records: on change, and before expiry."""
         assert self._provide is not None
+        refresh_at = trio.current_time() + _PROVIDE_EVERY_S
         while True:
-            with trio.move_on_after(_PROVIDE_EVERY_S):
+            with trio.move_on_after(max(refresh_at - trio.current_time(), 0.0)):
                 await self._provide_wake.wait()
             self._provide_wake = trio.Event()
             tags = self._caps[:_MAX_PROVIDED]
+            if trio.current_time() >= refresh_at:
+                todo = tags  # the records are due to expire: announce every tag again
+                refresh_at = trio.current_time() + _PROVIDE_EVERY_S
+            else:
+                # Only the new tags: announcing them all whenever one appeared made every
+                # node of a simnet mesh re-announce "kind:counter" (a lookup and 20 stores
+                # each) when its operator agent was spawned for the first send.
+                todo = tuple(tag for tag in tags if tag not in self._provided)
             # Before announcing, not after: every rebuild while the announcements ran (each
             # a DHT lookup and 20 stores, up to 30 s) saw the tags as not yet provided and
-            # woke this loop again, so a busy node re-announced back to back (a 50-node
-            # simnet mesh under load: 11 provider dials per node in 5 simulated seconds).
+            # woke this loop again, so a busy node re-announced back to back.
             self._provided = tags
-            for tag in tags:
+            for tag in todo:
                 ok = False
                 with trio.move_on_after(_QUERY_TIMEOUT_S * 6):
                     ok = await self._provide(capability_key(tag))
