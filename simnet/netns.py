@@ -10,6 +10,7 @@ stay skipped. Needs root and iproute2; everything created is removed by `remove(
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import subprocess
@@ -43,11 +44,17 @@ def _ip(*args: str) -> None:
         raise NetnsError(f"ip {' '.join(args)}: {exc}") from exc
 
 
+_LABS = itertools.count()
+
+
 class NetnsLab:
     """One namespace per node on a shared bridge; see the module docstring."""
 
     def __init__(self, nodes: int) -> None:
-        tag = f"{os.getpid() % 100_000:05d}"
+        # Unique per lab, not only per process: the kernel deletes a namespace's veth pair
+        # after the namespace, so a second lab in the same test run could meet the first's
+        # names still in use ("File exists"). 2 + 6 + 1 + 3 characters fit IFNAMSIZ (15).
+        tag = f"{(os.getpid() * 100 + next(_LABS)) % 1_000_000:06d}"
         self.nodes = nodes
         self._tag = tag
         self.namespaces = [f"sn{tag}n{i}" for i in range(nodes)]
