@@ -20,6 +20,9 @@ class SwarmWorker(Agent):
     the document can count how often each task ran.
     """
 
+    def ran(self, task_id: str, agent_id: str) -> None:
+        """Called for each task this agent is about to complete (a hook for subclasses)."""
+
     async def on_message(self, ctx: Context, msg: Message) -> None:
         """Join, or work through the board."""
         body = msg.body
@@ -40,5 +43,6 @@ class SwarmWorker(Agent):
                     return
                 await trio.sleep(_IDLE_POLL_S)
                 continue
+            self.ran(task["id"], ctx.agent_id)
             await swarm.state.set(f"ran/{task['id']}/{ctx.agent_id}", task["spec"])
-            await swarm.complete(task["id"], {"by": ctx.agent_id})
+            await swarm.complete(task["id"], {"by": ctx.agent_id, "spec": task["spec"]})

@@ -29,17 +29,23 @@ _CLIENT = (
 )
 
 
-@pytest.fixture
-def lab() -> Iterator[NetnsLab]:
+def _created(nodes: int) -> NetnsLab:
+    """A lab of `nodes` namespaces, created; the test is skipped where that is not allowed."""
     refused = netns_available()
     if refused:
         pytest.skip(refused)
-    made = NetnsLab(3)
+    made = NetnsLab(nodes)
     try:
         made.create()
     except NetnsError as exc:
         made.remove()
         pytest.skip(f"cannot create network namespaces here: {exc}")
+    return made
+
+
+@pytest.fixture
+def lab() -> Iterator[NetnsLab]:
+    made = _created(3)
     try:
         yield made
     finally:
@@ -79,15 +85,7 @@ def test_partition_cuts_tcp_between_groups_and_heal_restores_it(lab: NetnsLab) -
 
 
 def test_remove_deletes_every_namespace() -> None:
-    refused = netns_available()
-    if refused:
-        pytest.skip(refused)
-    made = NetnsLab(2)
-    try:
-        made.create()
-    except NetnsError as exc:
-        made.remove()
-        pytest.skip(f"cannot create network namespaces here: {exc}")
+    made = _created(2)
     made.partition([[0], [1]])
     listed = _namespaces()
     assert all(ns in listed for ns in made.namespaces)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import trio
-
 from meshd.runtime.sdk import Agent, Context, Message
+from simnet.kinds import SwarmWorker
 
 SEEN: list[dict[str, object]] = []
 
@@ -34,33 +33,13 @@ class Member(Agent):
 RAN: list[tuple[str, str]] = []  # (task id, agent id) for every task a Worker ran
 
 
-class Worker(Agent):
-    """A function-as-agent worker: {"join": NAME} joins; {"work": NAME, "for_s": S} takes
-    tasks from NAME's board until every task is done (or S seconds pass), recording each run
-    in RAN and in the shared state (key "ran/<task>/<agent>"), then completing the task."""
+class Worker(SwarmWorker):
+    """simnet's task-board worker ({"join": NAME}; {"work": NAME, "for_s": S}), recording
+    each task it runs in RAN."""
 
-    async def on_message(self, ctx: Context, msg: Message) -> None:
-        body = msg.body
-        if not isinstance(body, dict):
-            return
-        if "join" in body:
-            await ctx.swarm(body["join"]).join()
-            return
-        if "work" not in body:
-            return
-        swarm = ctx.swarm(body["work"])
-        deadline = trio.current_time() + float(body.get("for_s", 30.0))
-        while trio.current_time() < deadline:
-            task = await swarm.next_task()
-            if task is None:
-                board = swarm.tasks()
-                if board and all(t["state"] == "done" for t in board):
-                    return
-                await trio.sleep(0.05)
-                continue
-            RAN.append((task["id"], ctx.agent_id))
-            await swarm.state.set(f"ran/{task['id']}/{ctx.agent_id}", task["spec"])
-            await swarm.complete(task["id"], {"by": ctx.agent_id, "spec": task["spec"]})
+    def ran(self, task_id: str, agent_id: str) -> None:
+        """Record the run."""
+        RAN.append((task_id, agent_id))
 
 
 class Voter(Agent):
