@@ -344,7 +344,12 @@ async def test_a_receiver_that_stops_reading_blocks_senders_not_memory(tmp_path:
             for _ in range(senders):
                 nursery.start_soon(one)
             stats = a.net.stats
-            await until(lambda: stats()["messages"]["queued"] == 8, "the peer's queue to fill")
+            # The queue fills at once; the stream opens (a dial) and starts writing after.
+            await until(
+                lambda: stats()["messages"]["queued"] == 8
+                and stats()["messages"].get("msgs_sent", 0) > 0,
+                "the peer's queue to fill and the stream to be written",
+            )
             await trio.sleep(0.2)
             sent = stats()["messages"]
             # Bounded: 64 KiB unanswered (one message over at most) plus the queue of 8;
