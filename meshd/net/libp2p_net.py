@@ -115,6 +115,27 @@ def _bound_gets(value_store: Any) -> None:
     value_store._store_at_peer = store_unless_getting
 
 
+def _spare_blameless_peers(swarm: Any) -> None:
+    """A dial that failed because *this* node was at its connection cap blames nobody.
+
+    py-libp2p 0.8.1 puts a peer whose dial failed into a 60 s negative cache, whatever the
+    cause; every later dial of it (messages to a summary neighbour, DHT queries) then fails
+    at once. When the cause is our own `max_connections` (a burst of DHT lookups filled
+    it), the peer did nothing wrong: a 50-node simnet run at a cap of 24 ended 32 of 122
+    failed messages "Peer recently failed all addresses (negative cache)", each blocked
+    after one such dial. meshd paces its own redials (message streams, discovery).
+    """
+    cache = swarm._negative_peer_cache
+    mark_failed = cache.mark_failed
+
+    def mark_unless_full(peer_id: str) -> None:
+        if len(swarm.get_connections()) >= swarm.connection_config.max_connections:
+            return
+        mark_failed(peer_id)
+
+    cache.mark_failed = mark_unless_full
+
+
 class _Notifee(INotifee):
     """Forwards swarm connection events to the network (the rest is ignored)."""
 
@@ -209,6 +230,7 @@ class Libp2pNetwork:
         self._dht = KadDHT(self._host, DHTMode.SERVER, strict_validation=True)
         self._dht.register_validator(AGENT_RECORD_NAMESPACE, self.validator)
         _bound_gets(self._dht.value_store)
+        _spare_blameless_peers(self._host.get_network())
         self._counters: Counter[str] = Counter()
         self._events: trio.MemorySendChannel[NetEvent] | None = None
         # peer -> trio time we first saw a live connection to it

@@ -1,0 +1,84 @@
+"""A dial that fails because this node is at its connection cap does not blame the peer.
+
+py-libp2p 0.8.1 puts every peer whose dial failed into a 60 s negative cache; without
+`meshd.net.libp2p_net._spare_blameless_peers`, one dial refused by our own `max_connections`
+made the peer undialable for a minute (simnet: messages to summary neighbours failed with
+"negative cache" long after the cap had room again). A peer that really cannot be reached
+is still cached.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
+from multiaddr import Multiaddr
+
+from meshd.net.host import HostLimits
+from meshd.net.libp2p_net import Libp2pNetwork
+from meshd.net.memory import Links, MemoryTransport, memory_addr
+from meshd.net.types import NetEvent
+
+ONE = HostLimits(low_watermark=1, high_watermark=1, max_connections=1)
+
+
+@asynccontextmanager
+async def three() -> AsyncIterator[list[Libp2pNetwork]]:
+    """Node 1 may hold one connection; nodes 2 and 3 listen (in-memory transport)."""
+    links = Links()
+    send, _receive = trio.open_memory_channel[NetEvent](1000)
+    async with trio.open_nursery() as nursery:
+        nets = [
+            Libp2pNetwork(
+                os.urandom(32),
+                listen=[memory_addr(n)],
+                limits=ONE if n == 1 else None,
+                transport=MemoryTransport(links, n),
+            )
+            for n in (1, 2, 3)
+        ]
+        for net in nets:
+            await nursery.start(net.serve, send)
+        yield nets
+        nursery.cancel_scope.cancel()
+
+
+def _peer(net: Libp2pNetwork) -> PeerInfo:
+    return PeerInfo(ID.from_base58(net.peer_id), [Multiaddr(memory_addr(_number(net)))])
+
+
+def _number(net: Libp2pNetwork) -> int:
+    return int(net.listen_addrs()[0].split("/")[2])
+
+
+async def test_a_dial_refused_by_our_own_cap_leaves_the_peer_dialable() -> None:
+    async with three() as (first, second, third):
+        host = first.host
+        swarm = host.get_network()
+        with trio.fail_after(10):
+            await host.connect(_peer(second))
+        assert len(swarm.get_connections()) == 1
+        host.get_peerstore().add_addrs(_peer(third).peer_id, _peer(third).addrs, 3600)
+        with pytest.raises(Exception, match="unable to connect"), trio.fail_after(10):
+            await swarm.dial_peer(_peer(third).peer_id)  # our cap of 1 is full
+        assert not swarm._negative_peer_cache.is_blocked(third.peer_id)
+        with trio.fail_after(10):
+            await swarm.close_peer(_peer(second).peer_id)
+            # At once, no unblock needed: the failure was ours, not the peer's.
+            await swarm.dial_peer(_peer(third).peer_id)
+        assert any(not c.is_closed for c in swarm.get_connections(_peer(third).peer_id))
+
+
+async def test_a_peer_that_cannot_be_reached_is_still_cached() -> None:
+    async with three() as (first, _second, _third):
+        swarm = first.host.get_network()
+        nobody = ID.from_base58(Libp2pNetwork(os.urandom(32), listen=[]).peer_id)
+        first.host.get_peerstore().add_addrs(nobody, [Multiaddr(memory_addr(99))], 3600)
+        with pytest.raises(Exception, match="unable to connect"), trio.fail_after(20):
+            await swarm.dial_peer(nobody)
+        assert swarm._negative_peer_cache.is_blocked(str(nobody))
