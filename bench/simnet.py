@@ -141,6 +141,46 @@ _NET_COUNTERS = (
 )
 
 
+def _coverage(backend: Any, nodes: int, targets: list[tuple[int, str]]) -> dict[str, float]:
+    """Per (sending node, target) pair, what the node's neighbour summaries say of the target:
+    hosted by a neighbour (level 0), next to one (level 1), two out (level 2), nothing."""
+    from protocol.ids import AgentId
+
+    seen: Counter[str] = Counter()
+    for n in range(nodes):
+        view = backend.node(n).summaries
+        for host, to in targets:
+            if host == n:
+                seen["local"] += 1
+                continue
+            found = view.candidates(AgentId.from_did(to))
+            seen[f"level{found[0][1]}" if found else "none"] += 1
+    total = sum(seen.values()) or 1
+    return {name: round(count / total, 3) for name, count in sorted(seen.items())}
+
+
+def _route_totals(backend: Any, nodes: int) -> dict[str, Any]:
+    """Route paths, send outcomes and summary figures summed over the nodes."""
+    paths: Counter[str] = Counter()
+    sent: Counter[str] = Counter()
+    summary: Counter[str] = Counter()
+    for n in range(nodes):
+        status = backend.node(n).status()
+        paths.update(status["router"]["paths"])
+        sent.update(status["delivery"].get("sent", {}))
+        stats = status["summaries"]
+        for name in ("summary_bytes", "bytes_out", "locate_queries", "push_failures"):
+            summary[name] += int(stats.get(name) or 0)
+    return {
+        "paths": dict(paths.most_common()),
+        "sent": dict(sent.most_common()),
+        "summary_bytes_per_node": round(summary["summary_bytes"] / nodes),
+        "summary_bytes_out_per_node": round(summary["bytes_out"] / nodes),
+        "locate_queries_per_node": round(summary["locate_queries"] / nodes, 2),
+        "push_failures_per_node": round(summary["push_failures"] / nodes, 2),
+    }
+
+
 def _causes_since(before: Counter[str], nodes: int) -> dict[str, float]:
     return {c: round(n / nodes, 2) for c, n in (DIAL_CAUSES - before).most_common()}
 
@@ -204,6 +244,8 @@ async def _measure(
         out["table_min_median_max"] = [tables[0], tables[len(tables) // 2], tables[-1]]
         out["connections"] = backend.links.connections() // 2
 
+        out["coverage_after_settle"] = _coverage(backend, nodes, targets)
+        _note(wall, f"settled: summaries name the targets {out['coverage_after_settle']}")
         out["settle_dials_per_node"] = {
             cause: round(count / nodes, 1) for cause, count in DIAL_CAUSES.most_common()
         }
@@ -241,6 +283,7 @@ async def _measure(
         limiter = trio.CapacityLimiter(256)
         ok = 0
         outcomes: Counter[str] = Counter()  # of the current phase
+        reasons: Counter[str] = Counter()  # of failed sends, by their detail
 
         async def one(src: int, to: str, reliable: bool, token: object) -> None:
             nonlocal ok
@@ -251,6 +294,10 @@ async def _measure(
                     )
                     outcome = str(answer.get("outcome"))
                     outcomes[outcome] += 1
+                    if outcome not in ("delivered", "queued"):
+                        # Why: the reason without peer ids (12D3Koo...), to group them.
+                        words = str(answer.get("detail", "")).split()
+                        reasons[" ".join(w for w in words if "12D3" not in w)[:90]] += 1
                     ok += outcome in ("delivered", "queued")
             finally:
                 limiter.release_on_behalf_of(token)
@@ -271,10 +318,14 @@ async def _measure(
         out["first_contact_real_s"] = round(time.perf_counter() - t_real, 1)
         out["first_contact_dials_per_node"] = _causes_since(causes0, nodes)
         out["first_contact_sim_s"] = round(trio.current_time() - t_sim, 2)
+        out["first_contact_routes"] = _route_totals(backend, nodes)
+        out["first_contact_failures"] = dict(reasons.most_common(6))
+        reasons.clear()
         _note(
             wall,
             f"first contact with {len(targets)} counters: {out['first_contact_real_s']} s, "
-            f"{out['first_contact_outcomes']}, dials/node {out['first_contact_dials_per_node']}",
+            f"{out['first_contact_outcomes']}, dials/node {out['first_contact_dials_per_node']}, "
+            f"routes {out['first_contact_routes']}, failures {out['first_contact_failures']}",
         )
         await trio.sleep(2.0)  # the records' puts finish
 
@@ -301,10 +352,15 @@ async def _measure(
         out["load_outcomes"] = dict(outcomes)
         out["load_real_s_per_sim_s"] = round((time.perf_counter() - t_real) / sim, 3)
         out["degree_after_load"] = _degree(backend, nodes)
+        out["load_routes"] = _route_totals(backend, nodes)
+        out["load_failures"] = dict(reasons.most_common(6))
+        out["coverage_after_load"] = _coverage(backend, nodes, targets)
         _note(
             wall,
             f"load done: {out['load_real_s_per_sim_s']} real s per sim s, "
-            f"{out['load_outcomes']}, dials/node {out['load_dials_per_node']}; stopping",
+            f"{out['load_outcomes']}, dials/node {out['load_dials_per_node']}, "
+            f"routes {out['load_routes']}, failures {out['load_failures']}, "
+            f"coverage {out['coverage_after_load']}; stopping",
         )
     return out
 
