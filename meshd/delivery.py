@@ -9,19 +9,20 @@ Topic messages (`publish`, `subscribe`) are `meshd.pubsub.Topics`: local subscri
 GossipSub.
 
 Inbound, the network hands over batches of MSG frames. Nothing reaches an agent before
-`protocol.envelope.open_envelope` passed it: size and structure, expiry and clock skew,
+`protocol.envelope.open_envelopes` passed it: size and structure, expiry and clock skew,
 recipient hosted here, signature; then the replay window. The first checks run in worker
-threads, two at a time (libsodium releases the GIL, so both cores verify and the event loop
-never stalls on them), on chunks of a batch, in order (a lone message at light load is
-checked on the event loop: the thread hand-off would cost it more latency than the check);
-the replay window and the delivery itself run on the event loop in arrival order. Every
-rejection is counted by reason and answered `rejected:<reason>`; the peer's stream and the
-node carry on.
+threads, two at a time, on chunks of a batch, in order; each chunk's signatures go to
+libsodium in one call that releases the GIL once (`protocol.sigbatch`), so both cores verify
+and the event loop neither stalls on them nor waits for the GIL after every message. A lone
+message at light load is checked on the event loop: the thread hand-off would cost it more
+latency than the check. The replay window and the delivery itself run on the event loop in
+arrival order. Every rejection is counted by reason and answered `rejected:<reason>`; the
+peer's stream and the node carry on.
 
 At-least-once (`reliable=True`): the mode travels in the MSG frame; the receiver passes it
 to `Runtime.deliver` (which dedupes and answers once the handler is done) in a task of its
-own beside the ordered loop, and ACKs it when that returns. The sender's persistent outbox
-and retries are not built yet (see `send`).
+own beside the ordered loop, and ACKs it when that returns. The sender writes the message to
+the store's outbox first and retries it with backoff until it is acknowledged or expires.
 """
 
 from __future__ import annotations
@@ -48,7 +49,12 @@ from meshd.runtime.sdk import DeliveryReport
 from meshd.store import OutboxMessage
 from meshd.tracing import trace_step
 from meshd.trust import Trust, refusal_error
-from protocol.envelope import DEFAULT_POLICY, Envelope, EnvelopePolicy, open_envelope
+from protocol.envelope import (
+    DEFAULT_POLICY,
+    Envelope,
+    EnvelopePolicy,
+    open_envelopes,
+)
 from protocol.errors import RejectReason, RemoteProtocolError
 from protocol.frames import AckEntry, Mode, Msg, is_outcome
 from protocol.ids import AgentId
@@ -505,16 +511,12 @@ class Delivery:
         """Every receive check but the replay window (runs in a worker thread)."""
         # An agent that migrated away passes this check, and `Runtime.deliver` answers
         # `not_here`, so that its sender re-resolves instead of giving up on wrong_recipient.
-        policy, hosted = self._settings.policy, self._runtime.hosts_or_moved
-        results: list[Envelope | RemoteProtocolError] = []
-        for msg in msgs:
-            try:
-                results.append(
-                    open_envelope(msg.envelope, now_ms=now_ms, policy=policy, hosted=hosted)
-                )
-            except RemoteProtocolError as exc:
-                results.append(exc)
-        return results
+        return open_envelopes(
+            [msg.envelope for msg in msgs],
+            now_ms=now_ms,
+            policy=self._settings.policy,
+            hosted=self._runtime.hosts_or_moved,
+        )
 
     async def _deliver_loop(
         self, jobs: trio.MemoryReceiveChannel[_Job], nursery: trio.Nursery

@@ -18,9 +18,9 @@ Wire form (see SPEC.md): a CBOR map with small integer keys, signature first.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from nacl.bindings import crypto_sign_open
 from nacl.exceptions import BadSignatureError, CryptoError
@@ -30,6 +30,7 @@ from protocol.cbor import encode_signed_map as _encode_signed_map
 from protocol.errors import LocalProtocolError, RejectReason, RemoteProtocolError
 from protocol.ids import AGENT_ID_LEN, AgentId, SigningKey, verify_signature
 from protocol.replay import ReplayWindow
+from protocol.sigbatch import open_many
 
 __all__ = [
     "ENVELOPE_DOMAIN",
@@ -38,6 +39,7 @@ __all__ = [
     "Envelope",
     "EnvelopePolicy",
     "open_envelope",
+    "open_envelopes",
 ]
 
 ENVELOPE_VERSION = 1
@@ -289,6 +291,26 @@ def _check_fields(fields: dict[int, Any], limits: DecodeLimits, size: int | None
         check_plain(body, limits, size)
 
 
+def _open_unsigned(
+    frame: bytes,
+    now_ms: int,
+    policy: EnvelopePolicy,
+    hosted: Callable[[AgentId], bool] | None,
+) -> Envelope:
+    """Decode `frame` and run every receive check but the signature and the replay window."""
+    envelope = Envelope.decode(frame, policy.limits)
+    # The checks of check_time and check_recipient, inlined because this is the receive
+    # hot path; keep them in step with those methods.
+    created, expires = envelope.created_ms, envelope.expires_ms
+    if expires <= now_ms or created > now_ms + policy.max_skew_ms:
+        envelope.check_time(now_ms, policy)
+    if expires - created > policy.max_ttl_ms:
+        envelope.check_time(now_ms, policy)
+    if hosted is not None:
+        envelope.check_recipient(hosted)
+    return envelope
+
+
 def open_envelope(
     frame: bytes,
     *,
@@ -298,16 +320,7 @@ def open_envelope(
     replay: ReplayWindow | None = None,
 ) -> Envelope:
     """Run every receive check in order (cheap first, replay last) and return the envelope."""
-    envelope = Envelope.decode(frame, policy.limits)
-    # The checks of check_time, check_recipient and check_signature, inlined because this
-    # is the receive hot path; keep them in step with those methods.
-    created, expires = envelope.created_ms, envelope.expires_ms
-    if expires <= now_ms or created > now_ms + policy.max_skew_ms:
-        envelope.check_time(now_ms, policy)
-    if expires - created > policy.max_ttl_ms:
-        envelope.check_time(now_ms, policy)
-    if hosted is not None:
-        envelope.check_recipient(hosted)
+    envelope = _open_unsigned(frame, now_ms, policy, hosted)
     # verify_signature inlined: decode already fixed the key and signature lengths.
     try:
         crypto_sign_open(envelope.signature + envelope.signed_bytes, envelope.sender.raw)
@@ -315,5 +328,30 @@ def open_envelope(
         raise RemoteProtocolError(RejectReason.BAD_SIGNATURE, "envelope signature") from None
     if replay is not None:
         # Only verified envelopes enter the window, so forged ids cannot fill it.
-        replay.check(envelope.sender.raw, envelope.msg_id, expires, now_ms)
+        replay.check(envelope.sender.raw, envelope.msg_id, envelope.expires_ms, now_ms)
     return envelope
+
+
+def open_envelopes(
+    frames: Sequence[bytes],
+    *,
+    now_ms: int,
+    policy: EnvelopePolicy = DEFAULT_POLICY,
+    hosted: Callable[[AgentId], bool] | None = None,
+) -> list[Envelope | RemoteProtocolError]:
+    """`open_envelope`'s verdict on each frame (no replay window); signatures checked at once."""
+    results: list[Envelope | RemoteProtocolError] = []
+    unsigned: list[int] = []
+    for frame in frames:
+        try:
+            results.append(_open_unsigned(frame, now_ms, policy, hosted))
+        except RemoteProtocolError as exc:
+            results.append(exc)
+            continue
+        unsigned.append(len(results) - 1)
+    envelopes = [cast(Envelope, results[i]) for i in unsigned]
+    verdicts = open_many([(e.signature, e.signed_bytes, e.sender.raw) for e in envelopes])
+    for i, good in zip(unsigned, verdicts, strict=True):
+        if not good:
+            results[i] = RemoteProtocolError(RejectReason.BAD_SIGNATURE, "envelope signature")
+    return results

@@ -10,7 +10,7 @@ import pytest
 
 from protocol.bloom import BloomFilter
 from protocol.cbor import DecodeLimits
-from protocol.envelope import EnvelopePolicy, open_envelope
+from protocol.envelope import Envelope, EnvelopePolicy, open_envelope, open_envelopes
 from protocol.errors import RemoteProtocolError
 from protocol.ids import AgentId
 from protocol.records import AgentRecord, BirthCert, NodeSummary, SummaryDelta
@@ -84,6 +84,23 @@ def test_there_are_enough_vectors_covering_every_reason() -> None:
 @pytest.mark.parametrize("vec", VECTORS, ids=[v["name"] for v in VECTORS])
 def test_vector(vec: dict[str, Any]) -> None:
     assert verdict(vec) == vec["expect"], vec["description"]
+
+
+ENVELOPE_VECTORS = [v for v in VECTORS if v["type"] == "envelope" and not v.get("seen_before")]
+
+
+@pytest.mark.parametrize("vec", ENVELOPE_VECTORS, ids=[v["name"] for v in ENVELOPE_VECTORS])
+def test_envelope_vector_in_a_batch(vec: dict[str, Any]) -> None:
+    # The receive path checks chunks of envelopes at once (signatures in one call).
+    hosted_ids = {AgentId.from_did(d) for d in vec.get("hosted", [])}
+    results = open_envelopes(
+        [bytes.fromhex(vec["cbor"])] * 3,
+        now_ms=vec["now_ms"],
+        policy=EnvelopePolicy(limits=DecodeLimits(**vec.get("policy", {}))),
+        hosted=(lambda a: a in hosted_ids) if "hosted" in vec else None,
+    )
+    verdicts = {"valid" if isinstance(r, Envelope) else r.reason.value for r in results}
+    assert verdicts == {vec["expect"]}, vec["description"]
 
 
 def test_files_match_the_generator() -> None:
