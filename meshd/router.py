@@ -1,6 +1,13 @@
 """Where is agent X? Local registry, then (issue 6) neighbour summaries, then the location
-cache, then the agent's record in the DHT. Every path taken is counted, so the node can say
-what fraction of its messages needed a DHT lookup.
+cache, then the neighbours asked, then the agent's record in the DHT. Every path taken is
+counted, so the node can say what fraction of its messages needed a DHT lookup.
+
+A neighbour's summary names what it hosts and (level 1) what its own neighbours host: two
+hops. When no summary names the agent at all, the router asks its neighbours, a few at a
+time: each answers from its own neighbours' summaries, so a level-1 match there points at a
+node next to the host, three hops out, which is then asked for the host. Mass-spawned agents
+have no DHT record, so in a mesh wider than two hops this is their only way to be found; it
+costs a few small requests, and the answer goes into the location cache.
 
 The router only answers questions; the delivery layer acts on the answers. A `not_here`
 answer from a peer makes the delivery layer call `invalidate` and ask once more.
@@ -39,6 +46,10 @@ Hosts = Callable[[AgentId], bool]
 
 _HANDED_MAX = 4096  # summary routes remembered, to tell a false positive by its not_here
 _EXCLUDED_MAX = 4096
+# Asking around: neighbours asked at once, and at most this many in all (waves of _WAVE).
+_WAVE = 4
+_AROUND_MAX = 12
+_FURTHER_MAX = 3  # nodes next to the host (from the answers) asked for the host itself
 
 
 class SummaryView(Protocol):
@@ -60,10 +71,15 @@ class SummaryView(Protocol):
         """A summary match was answered not_here."""
         ...
 
+    def neighbours(self) -> list[str]:
+        """Connected neighbours whose summary we hold (those a locate query can be sent to)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """How to reach an agent: `path` is local, summary, summary-2hop, cache, dht or gone."""
+    """How to reach an agent: `path` is local, summary, summary-2hop, summary-3hop (asked
+    around), cache, dht or gone."""
 
     path: str
     peer_id: str = ""
@@ -94,6 +110,8 @@ class Router:
         self.false_positives: Counter[str] = Counter()
         self.summary_probes = 0
         self.summary_matches = 0  # level-0 matches seen: beyond one per probe, false positives
+        self.asked_around = 0  # locates no summary answered that asked the neighbours
+        self.around_queries = 0  # locate queries those sent
         self._dht_get = dht_get
         self._cache: OrderedDict[bytes, tuple[str, tuple[str, ...], float]] = OrderedDict()
         self._cache_size = cache_size
@@ -171,6 +189,10 @@ class Router:
             route = await self._via_neighbours(agent, deeper)
             if route is not None:
                 return route
+        elif self.summaries is not None:
+            route = await self._ask_around(agent)
+            if route is not None:
+                return route
         record = await self._lookup(agent)
         if record is None:
             self.paths["unknown"] += 1
@@ -203,6 +225,10 @@ class Router:
             # A direct neighbour is connected (or in the peerstore, which a dial uses):
             # no addresses needed, and reading them costs more than routing (every message).
             addrs = self.summaries.addrs_of(peer_id)
+        if path != "summary":
+            # Found by asking: the next message goes there without asking again (a not_here
+            # invalidates it, as any cached location).
+            self.learn(agent, peer_id, addrs)
         return Route(path, peer_id, addrs)
 
     async def _via_neighbours(self, agent: AgentId, deeper: list[tuple[str, int]]) -> Route | None:
@@ -223,6 +249,47 @@ class Router:
                 if len(asked) < 4:
                     queue.append((found.peer, found.level))
         return None
+
+    async def _ask_around(self, agent: AgentId) -> Route | None:
+        """No summary names `agent`: ask the neighbours, whose views reach two hops further."""
+        assert self.summaries is not None
+        peers = [p for p in self.summaries.neighbours() if not self._is_excluded(agent, p)]
+        if not peers:
+            return None
+        self.asked_around += 1
+        asked = set(peers[:_AROUND_MAX])
+        further: list[Located] = []
+        for start in range(0, min(len(peers), _AROUND_MAX), _WAVE):
+            for found in await self._ask_wave(peers[start : start + _WAVE], agent):
+                if self._is_excluded(agent, found.peer):
+                    continue
+                if found.level == 0:  # a summary on its way to us would have named it
+                    return self._summary_route(agent, "summary-3hop", found.peer, found.addrs)
+                if found.peer not in asked and all(f.peer != found.peer for f in further):
+                    further.append(found)
+            if further:
+                break  # a node next to the host is known: ask it rather than more neighbours
+        for found in further[:_FURTHER_MAX]:
+            self.around_queries += 1
+            for host in await self.summaries.ask_locate(found.peer, agent):
+                if host.level == 0 and not self._is_excluded(agent, host.peer):
+                    return self._summary_route(agent, "summary-3hop", host.peer, host.addrs)
+        return None
+
+    async def _ask_wave(self, peers: list[str], agent: AgentId) -> list[Located]:
+        """Ask `peers` at once where `agent` is; their answers together."""
+        assert self.summaries is not None
+        answers: list[Located] = []
+
+        async def ask(peer_id: str) -> None:
+            assert self.summaries is not None
+            answers.extend(await self.summaries.ask_locate(peer_id, agent))
+
+        async with trio.open_nursery() as nursery:
+            for peer_id in peers:
+                self.around_queries += 1
+                nursery.start_soon(ask, peer_id)
+        return answers
 
     async def _lookup(self, agent: AgentId) -> AgentRecord | None:
         self.dht_lookups += 1
@@ -254,6 +321,8 @@ class Router:
             "false_positives": dict(self.false_positives),
             "summary_probes": self.summary_probes,
             "summary_matches": self.summary_matches,
+            "asked_around": self.asked_around,
+            "around_queries": self.around_queries,
             "dht_lookups": self.dht_lookups,
             "dht_failures": self.dht_failures,
             "cache_size": len(self._cache),

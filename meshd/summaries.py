@@ -231,6 +231,15 @@ class Summaries:
         """The router was told `not_here` by a node whose summary matched."""
         self.false_positives += 1
 
+    def neighbours(self) -> list[str]:
+        """Connected neighbours whose summary we hold (those a locate query can be sent to)."""
+        now = trio.current_time()
+        return [
+            peer.peer_id
+            for peer in self._neighbours.values()
+            if peer.connected and peer.summary is not None and peer.banned_until <= now
+        ]
+
     async def find(self, tag: str, limit: int, hops: int = 1) -> list[Found]:
         """Agents with capability `tag`: here, at nodes their summary names, then DHT providers."""
         found = await self._local_find(tag, limit)

@@ -22,6 +22,7 @@ class FakeSummaries:
         self.answers: dict[str, list[Located]] = {}
         self.asked: list[str] = []
         self.false_positives = 0
+        self.peers: list[str] = []
 
     def candidates(self, target: AgentId) -> list[tuple[str, int]]:
         return list(self.matches.get(target.raw, []))
@@ -35,6 +36,9 @@ class FakeSummaries:
 
     def count_false_positive(self) -> None:
         self.false_positives += 1
+
+    def neighbours(self) -> list[str]:
+        return list(self.peers)
 
 
 async def test_summary_hit_then_false_positive_falls_through_to_the_dht() -> None:
