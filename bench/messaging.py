@@ -114,10 +114,16 @@ def _ask_all(daemon: LocalDaemon, bodies: dict[str, dict[str, Any]]) -> list[dic
         return [future.result() for future in futures]
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+def _cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """User + system CPU seconds a process (or one of its threads) has used so far."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    fields = Path(path).read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _loop_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a daemon's main thread, its event loop (the rest is worker threads)."""
+    return _cpu_seconds(pid, pid)
 
 
 def _start_profilers(pids: dict[str, int], phase: str) -> list[subprocess.Popen[bytes]]:
@@ -160,6 +166,7 @@ def _throughput(
     pids = {"sender": sender.proc.pid, "receiver": receiver.proc.pid}
     before = sender.get("/v1/status")["network"]["messages"]
     cpu0 = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+    loop0 = {name: _loop_cpu_seconds(pid) for name, pid in pids.items()}
     # Batched, fewer concurrent senders keep about as many messages in flight.
     concurrency = CONCURRENCY if batch == 1 else max(1, CONCURRENCY * 8 // batch)
     blast = {"op": "blast", "concurrency": concurrency, "batch": batch}
@@ -171,6 +178,7 @@ def _throughput(
         _stop_profilers(profilers)
     wall = time.perf_counter() - began
     cpu = {name: _cpu_seconds(pid) - cpu0[name] for name, pid in pids.items()}
+    loop = {name: _loop_cpu_seconds(pid) - loop0[name] for name, pid in pids.items()}
     outcomes: Counter[str] = sum((Counter(b["outcomes"]) for b in blasts), Counter())
     after = sender.get("/v1/status")["network"]["messages"]
     # The agents time their own blasts on one clock; the slowest one ends the phase.
@@ -186,6 +194,9 @@ def _throughput(
         "outcomes": dict(outcomes),
         "delivered_per_s": delivered / elapsed,
         "cpu_cores": {name: seconds / wall for name, seconds in cpu.items()},
+        # The event loop's share: a loop near 1.0 core is the bottleneck, one well below
+        # it waits (for the worker threads, the GIL or the peer).
+        "loop_cores": {name: seconds / wall for name, seconds in loop.items()},
         # CPU per delivered message, both daemons: less sensitive to a busy machine.
         "cpu_us_per_msg": {
             name: seconds / max(1, delivered) * 1e6 for name, seconds in cpu.items()
@@ -193,6 +204,21 @@ def _throughput(
         "msgs_per_write": (after["msgs_sent"] - before["msgs_sent"])
         / max(1, after["writes"] - before["writes"]),
     }
+
+
+def _wait_publication_quiet(*daemons: LocalDaemon) -> float:
+    """Wait until no daemon has agent records queued or being put; return the seconds."""
+    began = time.perf_counter()
+
+    def quiet() -> bool:
+        for daemon in daemons:
+            publisher = daemon.get("/v1/status").get("publisher", {})
+            if publisher.get("queued") or publisher.get("publishing"):
+                return False
+        return True
+
+    wait_until(quiet, timeout=60, what="record publication to finish")
+    return time.perf_counter() - began
 
 
 def run_daemons(root: Path) -> dict[str, Any]:
@@ -218,6 +244,10 @@ def run_daemons(root: Path) -> dict[str, Any]:
         warm = _ask_all(sender, {g: {"op": "blast", "concurrency": 16} for g in gens})
         out["warmup_outcomes"] = dict(sum((Counter(w["outcomes"]) for w in warm), Counter()))
 
+        # Light load means the daemons' own start-up work is done: the warm-up's activations
+        # queue record publications (DHT puts), which would otherwise share the first
+        # seconds of the latency phase.
+        out["publication_wait_s"] = _wait_publication_quiet(sender, receiver)
         latency = _ask(sender, gens[0], {"op": "latency", "target": sinks[0],
                                           "count": LATENCY_MESSAGES})  # fmt: skip
         out["latency_ms"] = [x * 1000 for x in latency["samples_s"]]
@@ -412,6 +442,7 @@ def main() -> int:
         figures[f"{name}_msgs_per_write"] = round(phase["msgs_per_write"], 1)
         for daemon in ("sender", "receiver"):
             figures[f"{name}_{daemon}_cpu_cores"] = round(phase["cpu_cores"][daemon], 2)
+            figures[f"{name}_{daemon}_loop_cores"] = round(phase["loop_cores"][daemon], 2)
             figures[f"{name}_{daemon}_cpu_us_per_msg"] = round(phase["cpu_us_per_msg"][daemon])
         # What CPU alone allows, whatever else shares the machine: both daemons' CPU per
         # message against two cores' worth of CPU seconds per second.
@@ -419,9 +450,10 @@ def main() -> int:
         phase["cpu_ceiling_per_s"] = 2e6 / both if both else 0.0
         figures[f"{name}_cpu_us_per_msg_both"] = round(both)
         figures[f"{name}_cpu_ceiling_per_s"] = round(phase["cpu_ceiling_per_s"])
+    figures["publication_wait_s"] = round(sent["publication_wait_s"], 2)
     figures["receiver_rejected"] = sent["receiver_status"]["delivery"]["rejected"]
     for name, phase in (("one per call", single), (f"{BATCH} per call", batched)):
-        cpu, per_msg = phase["cpu_cores"], phase["cpu_us_per_msg"]
+        cpu, per_msg, loop = phase["cpu_cores"], phase["cpu_us_per_msg"], phase["loop_cores"]
         print(
             f"signed messages delivered (ACKed)   {phase['delivered_per_s']:>10,.0f} /s   "
             f"({THROUGHPUT_MESSAGES:,} messages, {name}, {phase['senders']} concurrent "
@@ -431,7 +463,8 @@ def main() -> int:
         print(f"  messages per write                {phase['msgs_per_write']:>10.1f}")
         print(
             f"  CPU: sender {cpu['sender']:.2f} cores ({per_msg['sender']:.0f} us/msg), "
-            f"receiver {cpu['receiver']:.2f} cores ({per_msg['receiver']:.0f} us/msg)"
+            f"receiver {cpu['receiver']:.2f} cores ({per_msg['receiver']:.0f} us/msg); "
+            f"event loops {loop['sender']:.2f} and {loop['receiver']:.2f} cores"
         )
         print(
             f"  at {sum(per_msg.values()):.0f} us of CPU per message (both daemons; the "

@@ -82,6 +82,7 @@ class Publisher:
         self.published: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()
         self.failures = 0
+        self._publishing = 0  # records being built or put right now (0 or 1)
 
     # -- the runtime's listener ----------------------------------------------------------
 
@@ -162,7 +163,11 @@ class Publisher:
                 if wait > 0:
                     await trio.sleep(wait)
                 self._bucket.try_take(1, trio.current_time())
-                await self._publish(AgentId(raw), priority)
+                self._publishing += 1
+                try:
+                    await self._publish(AgentId(raw), priority)
+                finally:
+                    self._publishing -= 1
 
     async def _publish(self, agent: AgentId, priority: int) -> None:
         encoded = self._prebuilt.pop(agent.raw, None)
@@ -213,5 +218,6 @@ class Publisher:
             "dropped": dict(self.dropped),
             "failures": self.failures,
             "queued": len(self._queued),
+            "publishing": self._publishing,
             "tracked": len(self._published),
         }

@@ -72,6 +72,27 @@ async def test_small_spawns_and_activations_are_published(tmp_path: Path) -> Non
         assert agent_record_key(woken) in table.values
 
 
+async def test_stats_show_a_put_in_progress_until_it_ends(tmp_path: Path) -> None:
+    # What a caller waits on to know publication has gone quiet (bench/messaging.py).
+    class SlowTable(Table):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gate = trio.Event()
+
+        async def put(self, key: str, value: bytes) -> None:
+            await self.gate.wait()
+            await super().put(key, value)
+
+    table, clock = SlowTable(), Clock()
+    async with node(tmp_path, b"A" * 32, table, clock) as (rt, pub):
+        await rt.spawn("echo", count=2)
+        await settle(lambda: pub.stats()["publishing"] == 1)
+        assert pub.stats()["queued"] == 1
+        table.gate.set()
+        await settle(lambda: pub.published["spawned"] == 2)
+        assert (pub.stats()["queued"], pub.stats()["publishing"]) == (0, 0)
+
+
 async def test_deleted_agents_get_a_tombstone_the_router_reports(tmp_path: Path) -> None:
     table, clock = Table(), Clock()
     async with node(tmp_path, b"A" * 32, table, clock) as (rt_a, pub_a):
