@@ -79,7 +79,7 @@ async def build_node(
         trust = Trust(config.trust, runtime, network.dht_get, clock=clock)
         await trust.load()
         delivery.trust = trust
-        runtime.listener = Listeners(publisher, summaries)
+        runtime.listener = Listeners(publisher, summaries, trust)
         migrator = Migrator(
             runtime, network, publisher, router=router, policy=trust.migration_policy
         )

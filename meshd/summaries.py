@@ -744,7 +744,7 @@ class Summaries:
 
 
 class Listeners:
-    """Tells several runtime listeners (the publisher, the summaries) about agents."""
+    """Tells several runtime listeners (publisher, summaries, trust) about agents."""
 
     def __init__(self, *listeners: Any) -> None:
         self._listeners = listeners

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -288,15 +288,36 @@ class Trust:
         acl = Acl(new, current.deny) if which == "allow" else Acl(current.allow, new)
         store = self._runtime.store
         key = _META_PREFIX + agent.raw.hex()
-        await store.set_meta(
-            key, cbor2.dumps({"allow": sorted(acl.allow), "deny": sorted(acl.deny)})
-        )
         if acl.allow or acl.deny:
+            await store.set_meta(
+                key, cbor2.dumps({"allow": sorted(acl.allow), "deny": sorted(acl.deny)})
+            )
             self._acls[agent.raw] = acl
-        else:
+        else:  # no lists: nothing kept, so a deletion has nothing to clean up
+            await store.delete_meta(key)
             self._acls.pop(agent.raw, None)
         await store.set_meta(_META_INDEX, cbor2.dumps(sorted(self._acls)))
         return acl
+
+    # -- the runtime's listener: a deleted agent's lists go with it ---------------------------
+
+    def spawned(self, agents: Sequence[bytes]) -> None:
+        """New agents have no lists."""
+
+    def activated(self, agent: AgentId) -> None:
+        """Activation changes no list."""
+
+    def migrated(self, agent: AgentId, arrived: bool) -> None:
+        """Lists are this node's admission policy: they stay here (and do not travel)."""
+
+    async def deleting(self, agent: AgentId) -> None:
+        """Forget the agent's lists: its id never comes back, so they would be kept for ever."""
+        if self._acls.pop(agent.raw, None) is None:
+            return
+        store = self._runtime.store
+        await store.delete_meta(_META_PREFIX + agent.raw.hex())
+        await store.set_meta(_META_INDEX, cbor2.dumps(sorted(self._acls)))
+        self.counts["lists_removed"] += 1
 
     def stats(self) -> dict[str, Any]:
         """Counters for status and metrics."""

@@ -162,5 +162,12 @@ class MessageOps(StoreCore):
         )
         await self._write("set_meta", _rowcount(sql, key, bytes(value)), atomic=True)
 
+    async def delete_meta(self, key: str) -> bool:
+        """Remove the value stored under `key` (not 'schema_version'); whether there was one."""
+        if key in _RESERVED_META:
+            raise StoreError(f"delete_meta: {key!r} is managed by the store")
+        sql = "DELETE FROM meta WHERE key = ?"
+        return bool(await self._write("delete_meta", _rowcount(sql, key), atomic=True))
+
 
 # -- statement helpers (run on worker threads) ----------------------------------------------

@@ -132,6 +132,29 @@ async def test_deny_and_allow_lists_are_enforced_counted_and_persisted(tmp_path:
         assert reloaded.stats()["agents_with_lists"] == 0
 
 
+async def test_a_deleted_agents_lists_leave_memory_and_the_store(tmp_path: Path) -> None:
+    bad = SigningKey.generate()
+    async with local_runtime(tmp_path) as runtime:
+        trust = Trust(TrustSettings(), runtime, FakeDht().get)
+        runtime.listener = trust  # as build_node wires it (beside the publisher, summaries)
+        gone, kept, cleared = await one(runtime), await one(runtime), await one(runtime)
+        for agent in (gone, kept, cleared):
+            await trust.update_acl(agent, "deny", [bad.agent_id])
+        await trust.update_acl(cleared, "deny", [], clear=True)
+        assert await runtime.store.get_meta("acl/" + cleared.raw.hex()) is None
+        await runtime.delete(gone)
+        assert trust.acl_of(gone).to_json() == {"allow": [], "deny": []}
+        assert await runtime.store.get_meta("acl/" + gone.raw.hex()) is None
+        assert trust.counts["lists_removed"] == 1
+        assert await trust.admit(message(bad, kept)) == "denied"
+        reloaded = Trust(TrustSettings(), runtime, FakeDht().get)
+        await reloaded.load()
+        assert reloaded.stats()["agents_with_lists"] == 1
+        assert reloaded.acl_of(kept) == trust.acl_of(kept)
+        await runtime.delete(cleared)  # no lists: nothing to do
+        assert trust.counts["lists_removed"] == 1
+
+
 async def test_trusted_roots_checks_provenance_from_records_and_caches(tmp_path: Path) -> None:
     trusted_node, stranger_node = SigningKey.generate(), SigningKey.generate()
     friend, friend_record = foreign_agent(trusted_node)

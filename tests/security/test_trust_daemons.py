@@ -71,6 +71,13 @@ def test_trusted_roots_and_lists(make_daemon: Callable[[str], LocalDaemon]) -> N
     with pytest.raises(ApiError, match="nobody"):
         node.post("/v1/agents/target/acl", {"list": "deny", "add": ["nobody"]})
 
+    # A deleted agent's lists go with it.
+    assert cli(node, "agent", "deny", "friend", "pest")[0] == 0
+    assert node.get("/v1/status")["trust"]["agents_with_lists"] == 2
+    assert cli(node, "agent", "delete", "friend")[0] == 0
+    assert node.get("/v1/status")["trust"]["agents_with_lists"] == 1
+    assert node.get("/v1/status")["trust"]["lists_removed"] == 1
+
     # Cleared (persistence across restarts: tests/security/test_trust.py).
     assert cli(node, "agent", "allow", "target", "--clear")[0] == 0
     node.post("/v1/agents/target/acl", {"list": "deny", "clear": True})
