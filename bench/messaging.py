@@ -4,8 +4,8 @@ The receiving daemon hosts sink agents (a no-op handler) and an echo agent; the 
 daemon hosts load-generator agents (`bench/loadgen.py`) that this script drives through
 the control API. The load is made inside the sending daemon, so every message goes the
 whole way through the real daemons: routed, queued on the peer's message stream, batched
-into writes, read 64 KiB at a time, parsed, verified in two worker threads (signature,
-expiry, skew, replay, recipient), handed to the runtime, the sink's handler run, and the
+into writes, read 64 KiB at a time, parsed, checked (expiry, skew, recipient and replay on
+the event loop, signatures a chunk at a time in two worker threads), handed to the runtime, the sink's handler run, and the
 ACK back to the sending agent as its delivery report.
 
 Measured in one run, then printed as ratios to ceilings measured in the same run:
