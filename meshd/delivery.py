@@ -497,6 +497,9 @@ class Delivery:
                     # Bounded: at most `verify_ahead` jobs wait in `jobs`, plus one being sent.
                     nursery.start_soon(self._verify, job, opened)
                     await _put(jobs, job)
+                    if start + size < len(items):
+                        # Let the job's thread start while the next chunk is decoded.
+                        await trio.lowlevel.checkpoint()
                 if refused:
                     job = _Job(refused)
                     job.results = [_BANNED] * len(refused)
