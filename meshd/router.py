@@ -190,7 +190,9 @@ class Router:
             if route is not None:
                 return route
         elif self.summaries is not None:
-            route = await self._ask_around(agent)
+            route = None
+            with trio.move_on_after(self._lookup_timeout_s):  # as a DHT lookup: bounded
+                route = await self._ask_around(agent)
             if route is not None:
                 return route
         record = await self._lookup(agent)

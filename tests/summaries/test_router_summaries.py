@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
+import trio
+import trio.testing
+
 from meshd.router import Router
 from protocol.ids import AgentId
 from protocol.summary import Located
@@ -110,3 +113,24 @@ async def test_local_agents_never_ask_summaries() -> None:
 
 async def _none() -> bytes | None:
     return None
+
+
+async def test_asking_around_is_bounded_like_a_dht_lookup(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    class Silent(FakeSummaries):
+        async def ask_locate(self, peer_id: str, target: AgentId) -> Sequence[Located]:
+            self.asked.append(peer_id)
+            await trio.sleep_forever()
+            raise AssertionError("unreachable")
+
+    summaries = Silent()
+    summaries.peers = [f"peer{i}" for i in range(12)]
+    router = Router(lambda a: False, lambda key: _none(), summaries=summaries, lookup_timeout_s=3)
+    started = trio.current_time()
+    with trio.fail_after(60):
+        assert await router.locate(agent("x")) is None  # then the DHT, which knows nothing
+    # One bound for the whole ask-around (and one for the DHT), not one per wave.
+    assert trio.current_time() - started == 3
+    assert sorted(summaries.asked) == ["peer0", "peer1", "peer2", "peer3"]
+    assert router.stats()["dht_lookups"] == 1
