@@ -5,8 +5,9 @@ daemon hosts load-generator agents (`bench/loadgen.py`) that this script drives 
 the control API. The load is made inside the sending daemon, so every message goes the
 whole way through the real daemons: routed, queued on the peer's message stream, batched
 into writes, read 64 KiB at a time, parsed, checked (expiry, skew, recipient and replay on
-the event loop, signatures a chunk at a time in two worker threads), handed to the runtime, the sink's handler run, and the
-ACK back to the sending agent as its delivery report.
+the event loop, signatures a chunk at a time in two worker threads), handed to the
+runtime, the sink's handler run, and the ACK back to the sending agent as its delivery
+report.
 
 Measured in one run, then printed as ratios to ceilings measured in the same run:
 1. throughput: pre-signed messages, many concurrent senders in several load-generator
