@@ -418,6 +418,39 @@ class Discovery:
                     slots -= 1
         return [p for p in old if p not in keep]
 
+    def room_choice(self, peers: Sequence[Any], now: float, *, old_only: bool) -> Any | None:
+        """The one connected peer to close to make room at our cap (see `make_room`).
+
+        Past its grace period if any is (with `old_only`, only such a peer), from the most
+        crowded distance class, the farthest in it: the trim's order, so the peers a trim
+        would keep stay.
+        """
+        grace = self._settings.trim_grace_s
+        old = [p for p in peers if now - self._connected_at.get(p, now) >= grace]
+        pool = old if old or old_only else list(peers)
+        if not pool:
+            return None
+        classes: dict[int, list[tuple[int, Any]]] = {}
+        for peer in pool:
+            distance = int.from_bytes(peer_id_to_key(peer), "big") ^ self._self_key
+            classes.setdefault(distance.bit_length(), []).append((distance, peer))
+        crowded = max(classes.values(), key=len)
+        return max(crowded, key=lambda member: member[0])[1]
+
+    async def make_room(self, keep: Any = None, *, old_only: bool = False) -> bool:
+        """Close one connection (never `keep`'s) so that a new one fits under our cap."""
+        peers = [p for p in self._host.get_connected_peers() if p != keep]
+        victim = self.room_choice(peers, trio.current_time(), old_only=old_only)
+        if victim is None:
+            return False
+        with trio.move_on_after(_CLOSE_TIMEOUT_S):
+            try:
+                await self._host.get_network().close_peer(victim)
+            except Exception as exc:  # already gone, or py-libp2p's teardown failed
+                log.debug("closing %s for room failed: %s", victim, _short(exc))
+        self._counters["closed_for_room"] += 1
+        return True
+
     async def trim(self) -> int:
         """Close the connections `trim_choice` picks (in parallel, bounded); how many."""
         peers = self._host.get_connected_peers()

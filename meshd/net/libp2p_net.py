@@ -136,6 +136,49 @@ def _spare_blameless_peers(swarm: Any) -> None:
     cache.mark_failed = mark_unless_full
 
 
+# Set while a message or request of ours is sent: tasks started meanwhile (a peer's message
+# stream task, the dial it makes) see it. Their dials may close a connection to fit under
+# our cap; DHT lookups and walks, started elsewhere, may not.
+_sending: ContextVar[bool] = ContextVar("meshd_sending", default=False)
+
+
+def _make_room(swarm: Any, make_room: Any) -> None:
+    """A message or request dial at our connection cap first closes another connection.
+
+    py-libp2p refuses any dial while `max_connections` are open, and DHT lookups (each
+    dialing most of the ~20 peers it asks) keep a bounded-degree node at its cap: in a
+    50-node simnet at a cap of 24, 10 of the 12 messages that could not be sent failed at
+    our own cap. A message is what the mesh is for; a lookup's connection is closed by the
+    next trim anyway, so the message dial takes its place (`Discovery.make_room`).
+    """
+    dial_peer = swarm.dial_peer
+
+    async def dial_making_room(peer_id: Any) -> Any:
+        if (
+            _sending.get()
+            and not any(not c.is_closed for c in swarm.get_connections(peer_id))
+            and len(swarm.get_connections()) >= swarm.connection_config.max_connections
+        ):
+            await make_room(peer_id)
+        return await dial_peer(peer_id)
+
+    swarm.dial_peer = dial_making_room
+
+    # The receiving side: py-libp2p refuses an inbound connection at the cap before its
+    # handshake. Under load the nodes that host busy agents are dialed by many senders and
+    # sit at their cap (same run: 388 message dials refused by the remote side, 94 by our
+    # own); a connection past its grace period makes way for the newcomer, which may be a
+    # sender. None old enough (a join storm): refused as before, a cheap refusal.
+    upgrade_inbound = swarm.upgrade_inbound_raw_conn
+
+    async def upgrade_making_room(raw_conn: Any, maddr: Any) -> Any:
+        if len(swarm.get_connections()) >= swarm.connection_config.max_connections:
+            await make_room(old_only=True)
+        return await upgrade_inbound(raw_conn, maddr)
+
+    swarm.upgrade_inbound_raw_conn = upgrade_making_room
+
+
 class _Notifee(INotifee):
     """Forwards swarm connection events to the network (the rest is ignored)."""
 
@@ -243,6 +286,7 @@ class Libp2pNetwork:
             self._emit,
             self._counters,
         )
+        _make_room(self._host.get_network(), self._discovery.make_room)
         self._notifee = _Notifee(self)
         # Bans: the guard (shared with delivery) decides, we disconnect and refuse.
         self._guard = guard
@@ -374,7 +418,11 @@ class Libp2pNetwork:
         self, peer_id: str, addrs: Sequence[str], envelope: bytes, *, mode: Mode
     ) -> SendResult:
         """Carry one envelope to `peer_id` on its message stream and await the ACK."""
-        return await self._messages.send(peer_id, addrs, envelope, mode)
+        token = _sending.set(True)
+        try:
+            return await self._messages.send(peer_id, addrs, envelope, mode)
+        finally:
+            _sending.reset(token)
 
     async def send_messages(
         self,
@@ -386,7 +434,11 @@ class Libp2pNetwork:
         timeout: float,
     ) -> list[SendResult | None]:
         """Carry several envelopes to `peer_id` and await their ACKs (None: none in time)."""
-        return await self._messages.send_many(peer_id, addrs, envelopes, mode, timeout=timeout)
+        token = _sending.set(True)
+        try:
+            return await self._messages.send_many(peer_id, addrs, envelopes, mode, timeout=timeout)
+        finally:
+            _sending.reset(token)
 
     def peer_addrs(self, peer_id: str) -> list[str]:
         """The addresses the peerstore holds for `peer_id` (connected or not), or []."""
@@ -410,7 +462,13 @@ class Libp2pNetwork:
         timeout: float,
     ) -> bytes:
         """Send one request on a stream of its own and return the answer (`meshd.net.rpc`)."""
-        return await self._requests.request(peer_id, addrs, protocol, payload, timeout=timeout)
+        token = _sending.set(True)
+        try:
+            return await self._requests.request(
+                peer_id, addrs, protocol, payload, timeout=timeout
+            )
+        finally:
+            _sending.reset(token)
 
     async def serve(
         self,

@@ -1,10 +1,11 @@
-"""A dial that fails because this node is at its connection cap does not blame the peer.
+"""Dials at this node's connection cap: they blame no peer, and ours make room.
 
 py-libp2p 0.8.1 puts every peer whose dial failed into a 60 s negative cache; without
 `meshd.net.libp2p_net._spare_blameless_peers`, one dial refused by our own `max_connections`
 made the peer undialable for a minute (simnet: messages to summary neighbours failed with
 "negative cache" long after the cap had room again). A peer that really cannot be reached
-is still cached.
+is still cached. A message or request of ours that needs a dial at the cap closes another
+connection first (`_make_room`); other dials (DHT lookups, walks) are refused.
 """
 
 from __future__ import annotations
@@ -19,17 +20,21 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from multiaddr import Multiaddr
 
+from meshd.net.discovery import DiscoverySettings
 from meshd.net.host import HostLimits
 from meshd.net.libp2p_net import Libp2pNetwork
 from meshd.net.memory import Links, MemoryTransport, memory_addr
 from meshd.net.types import NetEvent
 
-ONE = HostLimits(low_watermark=1, high_watermark=1, max_connections=1)
+PROTO = "/meshd/test-room/1.0.0"
+GRACE_S = 4.0  # longer than a refused dial with its retries takes
+# No auto-connector target (py-libp2p dials up to (low + high) // 2 after a disconnect).
+ONE = HostLimits(low_watermark=0, high_watermark=1, max_connections=1)
 
 
 @asynccontextmanager
-async def three() -> AsyncIterator[list[Libp2pNetwork]]:
-    """Node 1 may hold one connection; nodes 2 and 3 listen (in-memory transport)."""
+async def three(count: int = 3) -> AsyncIterator[list[Libp2pNetwork]]:
+    """Node 1 may hold one connection; the others listen (in-memory transport)."""
     links = Links()
     send, _receive = trio.open_memory_channel[NetEvent](1000)
     async with trio.open_nursery() as nursery:
@@ -38,9 +43,10 @@ async def three() -> AsyncIterator[list[Libp2pNetwork]]:
                 os.urandom(32),
                 listen=[memory_addr(n)],
                 limits=ONE if n == 1 else None,
+                discovery=DiscoverySettings(low_watermark=0, trim_grace_s=GRACE_S),  # no redials
                 transport=MemoryTransport(links, n),
             )
-            for n in (1, 2, 3)
+            for n in range(1, count + 1)
         ]
         for net in nets:
             await nursery.start(net.serve, send)
@@ -82,3 +88,45 @@ async def test_a_peer_that_cannot_be_reached_is_still_cached() -> None:
         with pytest.raises(Exception, match="unable to connect"), trio.fail_after(20):
             await swarm.dial_peer(nobody)
         assert swarm._negative_peer_cache.is_blocked(str(nobody))
+
+
+async def test_a_request_at_our_cap_closes_another_connection_a_lookup_does_not() -> None:
+    async with three(4) as (first, second, third, fourth):
+        host = first.host
+        swarm = host.get_network()
+
+        async def answer(peer_id: str, payload: bytes) -> bytes:
+            return b"ok:" + payload
+
+        third.set_request_handler(PROTO, answer)
+        with trio.fail_after(10):
+            await host.connect(_peer(second))
+        # Not our traffic (as a DHT lookup's dial): refused at the cap, nothing closed.
+        with pytest.raises(Exception, match="unable to connect"), trio.fail_after(10):
+            await host.connect(_peer(fourth))
+        assert [c.muxed_conn.peer_id for c in swarm.get_connections()] == [_peer(second).peer_id]
+        # A request of ours: the connection to node 2 makes way for it.
+        with trio.fail_after(10):
+            answer_bytes = await first.request(
+                third.peer_id, third.listen_addrs(), PROTO, b"hi", timeout=5
+            )
+        assert answer_bytes == b"ok:hi"
+        assert [c.muxed_conn.peer_id for c in swarm.get_connections()] == [_peer(third).peer_id]
+        assert first.stats()["closed_for_room"] == 1
+
+
+async def test_an_inbound_dial_at_our_cap_replaces_an_old_connection_not_a_young_one() -> None:
+    async with three() as (first, second, third):
+        swarm = first.host.get_network()
+        with trio.fail_after(10):
+            await first.host.connect(_peer(second))
+        # Young (inside the grace period): the inbound dial is refused, as py-libp2p does.
+        with pytest.raises(Exception, match="unable to connect"), trio.fail_after(10):
+            await third.host.connect(_peer(first))
+        assert [c.muxed_conn.peer_id for c in swarm.get_connections()] == [_peer(second).peer_id]
+        await trio.sleep(GRACE_S)
+        third.host.get_network().unblock_peer(_peer(first).peer_id)
+        with trio.fail_after(10):
+            await third.host.connect(_peer(first))
+        assert [c.muxed_conn.peer_id for c in swarm.get_connections()] == [_peer(third).peer_id]
+        assert first.stats()["closed_for_room"] == 1
