@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 from libp2p.abc import INotifee
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.network.exceptions import SwarmException
 from libp2p.peer.id import ID
 from libp2p.peer.peerstore import PeerStoreError
 from libp2p.rcmgr import Direction
@@ -142,24 +143,33 @@ def _spare_blameless_peers(swarm: Any) -> None:
 _sending: ContextVar[bool] = ContextVar("meshd_sending", default=False)
 
 
-def _make_room(swarm: Any, make_room: Any) -> None:
+def _make_room(swarm: Any, make_room: Any, counters: Counter[str]) -> None:
     """A message or request dial at our connection cap first closes another connection.
 
     py-libp2p refuses any dial while `max_connections` are open, and DHT lookups (each
     dialing most of the ~20 peers it asks) keep a bounded-degree node at its cap: in a
     50-node simnet at a cap of 24, 10 of the 12 messages that could not be sent failed at
     our own cap. A message is what the mesh is for; a lookup's connection is closed by the
-    next trim anyway, so the message dial takes its place (`Discovery.make_room`).
+    next trim anyway, so the message dial takes its place (`Discovery.make_room`). Closing
+    one was not enough while lookups kept dialing (the freed slot went to one of theirs), so
+    the last sixth of the slots is kept for our sends: other dials stop below it.
     """
     dial_peer = swarm.dial_peer
+    cap = swarm.connection_config.max_connections
+    # Other dials stop this far below the cap: closing a connection for a send was not
+    # enough while lookups dialed too (the slot went to one of theirs first).
+    reserve = max(2, cap // 6) if cap > 4 else 0
 
     async def dial_making_room(peer_id: Any) -> Any:
-        if (
-            _sending.get()
-            and not any(not c.is_closed for c in swarm.get_connections(peer_id))
-            and len(swarm.get_connections()) >= swarm.connection_config.max_connections
-        ):
-            await make_room(peer_id)
+        if not any(not c.is_closed for c in swarm.get_connections(peer_id)):
+            count = len(swarm.get_connections())
+            if not _sending.get():
+                if reserve and count >= cap - reserve:
+                    counters["dials_kept_for_sends"] += 1
+                    # Before py-libp2p's dial: no negative-cache entry for the peer.
+                    raise SwarmException("connection slots kept for messages")
+            elif count >= cap:
+                await make_room(peer_id)
         return await dial_peer(peer_id)
 
     swarm.dial_peer = dial_making_room
@@ -286,7 +296,7 @@ class Libp2pNetwork:
             self._emit,
             self._counters,
         )
-        _make_room(self._host.get_network(), self._discovery.make_room)
+        _make_room(self._host.get_network(), self._discovery.make_room, self._counters)
         self._notifee = _Notifee(self)
         # Bans: the guard (shared with delivery) decides, we disconnect and refuse.
         self._guard = guard

@@ -33,8 +33,10 @@ ONE = HostLimits(low_watermark=0, high_watermark=1, max_connections=1)
 
 
 @asynccontextmanager
-async def three(count: int = 3) -> AsyncIterator[list[Libp2pNetwork]]:
-    """Node 1 may hold one connection; the others listen (in-memory transport)."""
+async def three(
+    count: int = 3, limits: HostLimits | None = None
+) -> AsyncIterator[list[Libp2pNetwork]]:
+    """Node 1 may hold one connection (or `limits`); the others listen (in-memory transport)."""
     links = Links()
     send, _receive = trio.open_memory_channel[NetEvent](1000)
     async with trio.open_nursery() as nursery:
@@ -42,7 +44,7 @@ async def three(count: int = 3) -> AsyncIterator[list[Libp2pNetwork]]:
             Libp2pNetwork(
                 os.urandom(32),
                 listen=[memory_addr(n)],
-                limits=ONE if n == 1 else None,
+                limits=(limits or ONE) if n == 1 else None,
                 discovery=DiscoverySettings(low_watermark=0, trim_grace_s=GRACE_S),  # no redials
                 transport=MemoryTransport(links, n),
             )
@@ -130,3 +132,28 @@ async def test_an_inbound_dial_at_our_cap_replaces_an_old_connection_not_a_young
             await third.host.connect(_peer(first))
         assert [c.muxed_conn.peer_id for c in swarm.get_connections()] == [_peer(third).peer_id]
         assert first.stats()["closed_for_room"] == 1
+
+
+async def test_the_last_slots_are_kept_for_our_sends() -> None:
+    six = HostLimits(low_watermark=0, high_watermark=1, max_connections=6)  # 2 kept
+    async with three(7, limits=six) as nets:
+        first, others = nets[0], nets[1:]
+        swarm = first.host.get_network()
+
+        async def answer(peer_id: str, payload: bytes) -> bytes:
+            return b"ok"
+
+        for net in others:
+            net.set_request_handler(PROTO, answer)
+        with trio.fail_after(10):
+            for net in others[:4]:
+                await first.host.connect(_peer(net))
+        with pytest.raises(Exception, match="kept for messages"), trio.fail_after(10):
+            await first.host.connect(_peer(others[4]))
+        assert not swarm._negative_peer_cache.is_blocked(others[4].peer_id)
+        with trio.fail_after(10):
+            for net in others[4:]:
+                assert await first.request(net.peer_id, net.listen_addrs(), PROTO, b"", timeout=5)
+        assert len(swarm.get_connections()) == 6
+        assert first.stats()["dials_kept_for_sends"] == 1
+        assert first.stats().get("closed_for_room", 0) == 0
