@@ -72,6 +72,8 @@ _PARALLEL_PUSHES = 8
 _QUERY_TIMEOUT_S = 5.0
 _MAX_PROVIDED = 64  # capability tags announced in the DHT; a node with more announces the first
 _PROVIDE_EVERY_S = 6 * 3600.0  # provider records live about a day in py-libp2p
+_PROVIDERS_WANTED = 20  # a DHT find asks for this many providers (Kademlia's k)
+_PROVIDE_JUDGE_AFTER = 3  # neighbour summaries needed to judge how common a tag is
 
 Provide = Callable[[str], Awaitable[bool]]
 FindProviders = Callable[[str, int], Awaitable[list[str]]]
@@ -134,7 +136,8 @@ class Summaries:
         self._next_check = 0.0
         self._caps: tuple[str, ...] = ()
         self._leaving: dict[bytes, float] = {}
-        self._random = random.Random()  # jitter only: no protocol decision depends on it
+        # Jitter, and the draw of which common tags to announce: local policy, not protocol.
+        self._random = random.Random()
         self._agent_count = -1
         self._limits = DecodeLimits(
             max_size=min(self.settings.max_bytes + 64, 16 * 1024 * 1024),
@@ -159,6 +162,7 @@ class Summaries:
         self.find_queries = 0
         self.provided = 0
         self.provide_failures = 0
+        self.provides_skipped = 0
         self.found_via: Counter[str] = Counter()
 
     # -- the runtime's listener: mark the summary stale, rebuild on the next tick --------
@@ -643,9 +647,42 @@ class Summaries:
         async with limiter:
             await self._push(neighbour, kind, body)
 
+    def provide_share(self, tag: str) -> float:
+        """The chance that this node announces `tag`: about k announcers in the whole mesh.
+
+        Every provider record of a tag goes to the same 20 nodes, those closest to its key;
+        when every node announces the tags every node has (a 200-node simnet: "counter" at
+        start, "external" with each node's first send), those 20 take a dial and a store
+        from each node and sit at their connection cap, refusing messages meanwhile. A find
+        asks for k providers and first asks the neighbours whose summaries name the tag, so
+        a common tag needs about k announcers: the neighbours' capability filters say what
+        share of nodes host it, the routing table (a lower bound) how many nodes there are.
+        """
+        now = trio.current_time()
+        held = [
+            n.summary
+            for n in self._neighbours.values()
+            if n.summary is not None and n.banned_until <= now
+        ]
+        if len(held) < _PROVIDE_JUDGE_AFTER:
+            return 1.0  # too few to judge: announce
+        item = tag.encode()
+        having = sum(1 for summary in held if item in summary.caps)
+        nodes = max(self._network.routing_table_size(), len(held)) + 1
+        hosts = (having + 1) / (len(held) + 1) * nodes  # we host it too
+        return min(1.0, _PROVIDERS_WANTED / hosts)
+
+    async def _wait_for_neighbours(self) -> None:
+        """Until a few neighbours' summaries are in (bounded): what `provide_share` needs."""
+        for _ in range(int(self.settings.interval_s / self.settings.tick_s) + 1):
+            if sum(1 for n in self._neighbours.values() if n.summary) >= _PROVIDE_JUDGE_AFTER:
+                return
+            await trio.sleep(self.settings.tick_s)
+
     async def _provide_loop(self) -> None:
         """Announce our capability tags as DHT provider records: on change, and before expiry."""
         assert self._provide is not None
+        await self._wait_for_neighbours()
         refresh_at = trio.current_time() + _PROVIDE_EVERY_S
         while True:
             with trio.move_on_after(max(refresh_at - trio.current_time(), 0.0)):
@@ -665,6 +702,9 @@ class Summaries:
             # woke this loop again, so a busy node re-announced back to back.
             self._provided = tags
             for tag in todo:
+                if self._random.random() >= self.provide_share(tag):
+                    self.provides_skipped += 1  # common: enough other nodes announce it
+                    continue
                 ok = False
                 with trio.move_on_after(_QUERY_TIMEOUT_S * 6):
                     ok = await self._provide(capability_key(tag))
@@ -740,6 +780,7 @@ class Summaries:
             "found_via": dict(self.found_via),
             "caps_provided": self.provided,
             "provide_failures": self.provide_failures,
+            "provides_skipped": self.provides_skipped,
         }
 
 

@@ -8,12 +8,15 @@ it re-announced the same tags back to back; and a new tag made it announce every
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import trio
 import trio.testing
 
 from meshd import summaries
-from tests.summaries.test_summary_service import Wire, ids, node
+from protocol.summary import capability_key
+from tests.summaries.test_summary_service import SETTINGS, Wire, connect, ids, node
 
 
 async def test_a_slow_announcement_is_not_repeated_by_rebuilds_meanwhile(
@@ -48,3 +51,43 @@ async def test_a_slow_announcement_is_not_repeated_by_rebuilds_meanwhile(
         nursery.cancel_scope.cancel()
     assert len(calls) == 4
     assert set(calls[2:]) == set(calls[:2])
+
+
+async def test_a_tag_every_neighbour_has_is_announced_by_about_k_nodes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Every provider record of a tag lands on the same 20 nodes; a common tag needs ~k."""
+    wire = Wire()
+    hub, runtime, net = node(wire, "hub", 5)  # "translate", as every node() here
+    spokes = [node(wire, f"spoke{i}", 5) for i in range(6)]
+    for i in range(53):  # the rest of a 60-node mesh, known from the routing table
+        node(wire, f"elsewhere{i}", 1)
+    for _, _, spoke_net in spokes:
+        connect(net, spoke_net)
+    runtime.agents[b"\x02" * 32] = ("rare",)
+    provided: list[str] = []
+
+    async def provide(key: str) -> bool:
+        provided.append(key)
+        return True
+
+    hub._provide = provide
+    hub._random = Half()
+    async with trio.open_nursery() as nursery:
+        for service, _, _ in [(hub, runtime, net), *spokes]:
+            await nursery.start(service.serve)
+        await trio.sleep(3 * SETTINGS.interval_s)
+        # Six of six neighbours host "translate", and 60 nodes are known: 20 of 60 announce.
+        assert hub.provide_share("translate") == pytest.approx(20 / 60)
+        assert hub.provide_share("rare") == 1.0  # no neighbour has it
+        nursery.cancel_scope.cancel()
+    # Drawn 0.5: "rare" (share 1) is announced, "translate" (share 1/3) is left to others.
+    assert provided == [capability_key("rare")]
+    assert hub.stats()["provides_skipped"] == 1
+
+
+class Half(random.Random):
+    """Every draw is 0.5."""
+
+    def random(self) -> float:
+        return 0.5

@@ -84,6 +84,9 @@ class FakeNet:
     def peer_addrs(self, peer_id: str) -> list[str]:
         return []
 
+    def routing_table_size(self) -> int:
+        return len(self.wire.nets) - 1  # everyone else on the wire
+
     def set_request_handler(self, protocol: str, handler: RequestHandler | None) -> None:
         if handler is None:
             self.handlers.pop(protocol, None)
@@ -287,7 +290,8 @@ async def test_find_falls_back_to_dht_providers(autojump_clock: trio.testing.Moc
     async with trio.open_nursery() as nursery:
         await nursery.start(a.serve)
         await nursery.start(far.serve)
-        await trio.sleep(1)
+        # With no neighbour to judge by, it announces after waiting an interval for some.
+        await trio.sleep(SETTINGS.interval_s + 1)
         assert far.stats()["caps_provided"] == 1  # its one tag, "translate"
         found = await a.find("translate", 10)
         tagged = {raw for raw, caps in rfar.agents.items() if caps}
