@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import socket
 from collections import Counter
 from collections.abc import Sequence
@@ -135,6 +136,20 @@ def _spare_blameless_peers(swarm: Any) -> None:
         mark_failed(peer_id)
 
     cache.mark_failed = mark_unless_full
+
+
+def _release_inbound_slots(swarm: Any) -> None:
+    """Lift py-libp2p's limiter of inbound connections: it counts them for ever.
+
+    py-libp2p 0.8.1 takes a token of `_inbound_limiter` (max_connections - min_connections
+    of them) for each inbound connection and gives it back when the listener's handler
+    returns, but the handler waits for the whole swarm to stop: a node refused every inbound
+    connection once it had accepted that many in its life, whatever it held now (simnet,
+    cap 24: after the join, most nodes could dial out but no longer be dialed, and 306 of
+    330 failed message dials under load at 50 nodes were refused that way). The cap on
+    connections held is still enforced, at the upgrade and at registration.
+    """
+    swarm._inbound_limiter = trio.CapacityLimiter(math.inf)
 
 
 # Set while a message or request of ours is sent: tasks started meanwhile (a peer's message
@@ -284,6 +299,7 @@ class Libp2pNetwork:
         self._dht.register_validator(AGENT_RECORD_NAMESPACE, self.validator)
         _bound_gets(self._dht.value_store)
         _spare_blameless_peers(self._host.get_network())
+        _release_inbound_slots(self._host.get_network())
         self._counters: Counter[str] = Counter()
         self._events: trio.MemorySendChannel[NetEvent] | None = None
         # peer -> trio time we first saw a live connection to it

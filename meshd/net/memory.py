@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -250,6 +250,7 @@ class MemoryStream(ReadWriteCloser):
         self._pending = b""
         self._peer: MemoryStream | None = None
         self._closed = False
+        self.on_close: Callable[[], object] | None = None  # told once, when this end shuts
         self._write_lock = trio.Lock()
         self._read_lock = trio.Lock()
         links._track(self)
@@ -311,6 +312,8 @@ class MemoryStream(ReadWriteCloser):
         if not self._closed:
             self._closed = True
             self.links._untrack(self)
+            if self.on_close is not None:
+                self.on_close()
         self._out.send.close()
         self._in.receive.close()
         if drop:
@@ -355,8 +358,13 @@ class _MemoryListener(IListener):
         return True
 
     async def _serve(self, stream: MemoryStream) -> None:
+        # py-libp2p's handler returns only when the whole swarm stops, holding its task and
+        # the connection's objects for every inbound connection the node ever accepted (as
+        # over TCP); here it ends with the connection.
         try:
-            await self._handler(stream)
+            with trio.CancelScope() as scope:
+                stream.on_close = scope.cancel
+                await self._handler(stream)
         finally:
             stream.reset()
 
