@@ -4,8 +4,8 @@ The receiving daemon hosts sink agents (a no-op handler) and an echo agent; the 
 daemon hosts load-generator agents (`bench/loadgen.py`) that this script drives through
 the control API. The load is made inside the sending daemon, so every message goes the
 whole way through the real daemons: routed, queued on the peer's message stream, batched
-into writes, read 64 KiB at a time, parsed, checked (expiry, skew, recipient and replay on
-the event loop, signatures a chunk at a time in two worker threads), handed to the
+into writes, read 64 KiB at a time, parsed, checked (expiry, skew, recipient and signatures a
+chunk at a time in two worker threads, the replay window on the event loop), handed to the
 runtime, the sink's handler run, and the ACK back to the sending agent as its delivery
 report.
 
