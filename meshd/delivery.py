@@ -172,8 +172,9 @@ class Delivery:
         self.outbox_counts: Counter[str] = Counter()  # at-least-once: retried, settled, expired
         self._outbox_wakeup = trio.Event()
         self._reject_logged: dict[str, float] = {}
-        # Called with each remote send's time to its ACK in seconds (the metrics histogram).
-        self.observe_latency: Callable[[float], object] = lambda seconds: None
+        # Called with remote sends' time to their ACK in seconds and how many messages took
+        # it (the metrics histogram).
+        self.observe_latency: Callable[[float, int], object] = lambda seconds, count: None
         # Admission of messages for hosted agents (trust policy, allow/deny lists); None: all.
         self.trust: Trust | None = None
 
@@ -247,13 +248,13 @@ class Delivery:
         )
         elapsed = trio.current_time() - started
         late = f"no answer from {route.peer_id} within {self._settings.send_timeout_s:g} s"
+        answered = 0
         for i, result in zip(indices, results, strict=True):
             envelope = envelopes[i]
             if result is None:
                 report = DeliveryReport(envelope.msg_id, TIMEOUT, late)
             else:
-                # The batch's time to its last ACK: an upper bound on each message's.
-                self.observe_latency(elapsed)
+                answered += 1
                 report = DeliveryReport(envelope.msg_id, result.outcome, result.detail)
             if report.outcome == "not_here" or (
                 report.outcome == "rejected:wrong_recipient" and route.path.startswith("summary")
@@ -267,6 +268,9 @@ class Delivery:
                 trace_step("send", envelope, path=route.path, peer=route.peer_id,
                            outcome=report.outcome)  # fmt: skip
             reports[i] = report
+        if answered:
+            # The batch's time to its last ACK: an upper bound on each message's.
+            self.observe_latency(elapsed, answered)
 
     async def _send_reliable(self, envelope: Envelope, recipient: AgentId) -> DeliveryReport:
         store = self._runtime.store
@@ -388,7 +392,7 @@ class Delivery:
                 route.peer_id, route.addrs, envelope.frame, mode=mode
             )
         if result is not None:
-            self.observe_latency(trio.current_time() - started)
+            self.observe_latency(trio.current_time() - started, 1)
         if result is None:
             self.sent[TIMEOUT] += 1
             detail = f"no answer from {route.peer_id} within {self._settings.send_timeout_s:g} s"

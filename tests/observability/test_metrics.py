@@ -118,3 +118,28 @@ def test_send_trace_is_logged_by_every_node(daemons: Daemons) -> None:
     assert trace_steps(b, trace) == ["receive", "send"]
     untraced = a.post("/v1/send", {"to": target, "body": 1, "wait": True})
     assert "trace" not in untraced
+
+
+def test_counting_histogram_exposes_what_a_prometheus_histogram_would() -> None:
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from meshd.metrics import CountingHistogram
+
+    buckets = (0.001, 0.01, 0.1, 1.0)
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    counting = CountingHistogram("x_seconds", "doc", buckets)
+    ours.register(counting)
+    reference = Histogram("x_seconds", "doc", buckets=buckets, registry=theirs)
+    for value, count in ((0.0005, 3), (0.001, 2), (0.05, 1), (0.5, 4), (7.0, 1), (0.01, 0)):
+        counting.observe(value, count)
+        for _ in range(count):
+            reference.observe(value)
+
+    def samples(registry: CollectorRegistry) -> dict[str, float]:
+        lines = generate_latest(registry).decode().splitlines()
+        wanted = [line for line in lines if line.startswith("x_seconds_") and "created" not in line]
+        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in wanted}
+
+    assert samples(ours) == samples(theirs)
+    assert samples(ours)['x_seconds_bucket{le="0.001"}'] == 5
+    assert samples(ours)["x_seconds_count"] == 11
