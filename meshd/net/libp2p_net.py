@@ -158,7 +158,7 @@ def _release_inbound_slots(swarm: Any) -> None:
 _sending: ContextVar[bool] = ContextVar("meshd_sending", default=False)
 
 
-def _make_room(swarm: Any, make_room: Any, counters: Counter[str]) -> None:
+def _make_room(swarm: Any, discovery: Discovery, counters: Counter[str]) -> None:
     """A message or request dial at our connection cap first closes another connection.
 
     py-libp2p refuses any dial while `max_connections` are open, and DHT lookups (each
@@ -184,7 +184,16 @@ def _make_room(swarm: Any, make_room: Any, counters: Counter[str]) -> None:
                     # Before py-libp2p's dial: no negative-cache entry for the peer.
                     raise SwarmException("connection slots kept for messages")
             elif count >= cap:
-                await make_room(peer_id)
+                await discovery.make_room(peer_id)
+                try:
+                    return await dial_peer(peer_id)
+                except SwarmException:
+                    # Another dial took the room first (sends race each other, inbound
+                    # dials arrive): once more, then the failure is the caller's.
+                    if len(swarm.get_connections()) < cap:
+                        raise
+                    counters["room_retries"] += 1
+                    await discovery.make_room(peer_id)
         return await dial_peer(peer_id)
 
     swarm.dial_peer = dial_making_room
@@ -198,7 +207,7 @@ def _make_room(swarm: Any, make_room: Any, counters: Counter[str]) -> None:
 
     async def upgrade_making_room(raw_conn: Any, maddr: Any) -> Any:
         if len(swarm.get_connections()) >= swarm.connection_config.max_connections:
-            await make_room(old_only=True)
+            await discovery.make_room(old_only=True)
         return await upgrade_inbound(raw_conn, maddr)
 
     swarm.upgrade_inbound_raw_conn = upgrade_making_room
@@ -312,7 +321,7 @@ class Libp2pNetwork:
             self._emit,
             self._counters,
         )
-        _make_room(self._host.get_network(), self._discovery.make_room, self._counters)
+        _make_room(self._host.get_network(), self._discovery, self._counters)
         self._notifee = _Notifee(self)
         # Bans: the guard (shared with delivery) decides, we disconnect and refuse.
         self._guard = guard

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import trio
@@ -157,3 +158,38 @@ async def test_the_last_slots_are_kept_for_our_sends() -> None:
         assert len(swarm.get_connections()) == 6
         assert first.stats()["dials_kept_for_sends"] == 1
         assert first.stats().get("closed_for_room", 0) == 0
+
+
+async def test_a_send_whose_room_was_taken_makes_room_once_more(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with three(4) as (first, second, third, fourth):
+        host = first.host
+        swarm = host.get_network()
+
+        async def answer(peer_id: str, payload: bytes) -> bytes:
+            return b"ok"
+
+        fourth.set_request_handler(PROTO, answer)
+        with trio.fail_after(10):
+            await host.connect(_peer(second))
+        discovery = first._discovery
+        make_room = discovery.make_room
+        calls: list[int] = []
+
+        async def raced(keep: Any = None, *, old_only: bool = False) -> bool:
+            # The room goes to an inbound dial from node 3 before our dial gets it.
+            done = await make_room(keep, old_only=old_only)
+            calls.append(len(calls))
+            if len(calls) == 1:
+                await third.host.connect(_peer(first))
+            return done
+
+        monkeypatch.setattr(discovery, "make_room", raced)
+        with trio.fail_after(20):
+            assert await first.request(
+                fourth.peer_id, fourth.listen_addrs(), PROTO, b"", timeout=10
+            ) == b"ok"
+        assert len(calls) == 2
+        assert first.stats()["room_retries"] == 1
+        assert [c.muxed_conn.peer_id for c in swarm.get_connections()] == [_peer(fourth).peer_id]
