@@ -96,6 +96,7 @@ _DIAL_CAUSES = (
     ("pubsub/", "gossip"),
 )
 DIAL_CAUSES: Counter[str] = Counter()
+DIAL_FAILURES: Counter[str] = Counter()  # failed dials by cause, and whether our cap was full
 
 
 def _count_dial_causes() -> None:
@@ -116,6 +117,17 @@ def _count_dial_causes() -> None:
                     break
                 frame = frame.f_back
             DIAL_CAUSES[cause] += 1
+            try:
+                return await original(self, peer_id)
+            except Exception as exc:
+                # Whose connection cap refused it: ours (full when the dial failed), or not.
+                full = len(self.get_connections()) >= self.connection_config.max_connections
+                DIAL_FAILURES[f"{cause}:{'our_cap' if full else 'other'}"] += 1
+                if cause == "messages" and not full:
+                    inner = " ".join(str(exc.__cause__ or exc).split())
+                    inner = " ".join(w for w in inner.split() if "12D3" not in w)
+                    DIAL_FAILURES[f"messages:other:{inner[:100]}"] += 1
+                raise
         return await original(self, peer_id)
 
     Swarm.dial_peer = dial_peer  # type: ignore[method-assign]
@@ -320,12 +332,14 @@ async def _measure(
         out["first_contact_sim_s"] = round(trio.current_time() - t_sim, 2)
         out["first_contact_routes"] = _route_totals(backend, nodes)
         out["first_contact_failures"] = dict(reasons.most_common(6))
+        out["dial_failures_until_first_contact"] = dict(DIAL_FAILURES.most_common())
         reasons.clear()
         _note(
             wall,
             f"first contact with {len(targets)} counters: {out['first_contact_real_s']} s, "
             f"{out['first_contact_outcomes']}, dials/node {out['first_contact_dials_per_node']}, "
-            f"routes {out['first_contact_routes']}, failures {out['first_contact_failures']}",
+            f"routes {out['first_contact_routes']}, failures {out['first_contact_failures']}, "
+            f"failed dials {out['dial_failures_until_first_contact']}",
         )
         await trio.sleep(2.0)  # the records' puts finish
 
@@ -354,13 +368,15 @@ async def _measure(
         out["degree_after_load"] = _degree(backend, nodes)
         out["load_routes"] = _route_totals(backend, nodes)
         out["load_failures"] = dict(reasons.most_common(6))
+        out["dial_failures_until_load"] = dict(DIAL_FAILURES.most_common())
         out["coverage_after_load"] = _coverage(backend, nodes, targets)
         _note(
             wall,
             f"load done: {out['load_real_s_per_sim_s']} real s per sim s, "
             f"{out['load_outcomes']}, dials/node {out['load_dials_per_node']}, "
             f"routes {out['load_routes']}, failures {out['load_failures']}, "
-            f"coverage {out['coverage_after_load']}; stopping",
+            f"coverage {out['coverage_after_load']}, "
+            f"failed dials {out['dial_failures_until_load']}; stopping",
         )
     return out
 
