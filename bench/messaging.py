@@ -467,6 +467,10 @@ def main() -> int:
             f"receiver {cpu['receiver']:.2f} cores ({per_msg['receiver']:.0f} us/msg); "
             f"event loops {loop['sender']:.2f} and {loop['receiver']:.2f} cores"
         )
+        # Linux shares CPU between sessions (autogroups) before processes: while a process of
+        # another session keeps a core busy, both daemons together get about one core,
+        # whatever their nice values. Then this reads about 1.0 and the rate is about halved.
+        print(f"  both daemons together             {sum(cpu.values()):>10.2f} cores of 2")
         print(
             f"  at {sum(per_msg.values()):.0f} us of CPU per message (both daemons; the "
             f"signature check alone {verify_us:.0f} us) two cores carry at most "
