@@ -180,6 +180,50 @@ def _uint(value: Any) -> bool:
     return type(value) is int and 0 <= value <= _MAX_SEQ
 
 
+# The smallest value each CBOR head length may carry in shortest form (RFC 8949 4.2.1).
+_HEAD_MIN = {24: (1, 24), 25: (2, 0x100), 26: (4, 0x10000), 27: (8, 0x100000000)}
+
+
+def _msg_fast(body: bytes) -> Msg | None:
+    """The MSG frame `body` is, if it is exactly `encode_msg`'s form; else None.
+
+    Whatever this returns, `_parse(loads_strict(body))` returns too (tests/protocol check
+    it on arbitrary and mutated bodies); everything else is left to that general path.
+    """
+    try:
+        if body[0] != 0x84 or body[1] != _T_MSG:  # [0, seq, mode, envelope]
+            return None
+        p, b = 3, body[2]
+        if b < 24:
+            seq = b
+        else:
+            size, least = _HEAD_MIN.get(b, (0, 0))
+            if not size:
+                return None
+            seq = int.from_bytes(body[p : p + size], "big")
+            p += size
+            if seq < least or p > len(body):
+                return None
+        mode = body[p]
+        b = body[p + 1] - 0x40  # a byte string's head: major type 2
+        p += 2
+        if mode > 1 or not 0 <= b <= 26:
+            return None
+        if b < 24:
+            n = b
+        else:
+            size, least = _HEAD_MIN[b]
+            n = int.from_bytes(body[p : p + size], "big")
+            p += size
+            if n < least:
+                return None
+    except IndexError:
+        return None
+    if n == 0 or p + n != len(body):
+        return None
+    return Msg(seq, _MODES[mode], body[p:])
+
+
 def _parse(obj: Any, max_ack_entries: int) -> Frame:
     """Check a decoded CBOR item against the frame grammar."""
     if type(obj) is not list or not obj:
@@ -312,4 +356,6 @@ class FrameDecoder:
             return None
         body = bytes(buf[i : i + length])
         self._pos = i + length
-        return _parse(loads_strict(body, self._limits), self._max_ack_entries)
+        # Nearly every frame is a MSG in the encoder's shortest form: read it directly. Any
+        # other frame takes the general decoder, which also gives the reason for a bad one.
+        return _msg_fast(body) or _parse(loads_strict(body, self._limits), self._max_ack_entries)

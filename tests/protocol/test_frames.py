@@ -232,3 +232,74 @@ def test_outcomes() -> None:
     assert is_outcome("rejected:replayed")
     assert not is_outcome("timeout")
     assert not is_outcome("rejected:Bad")
+
+
+def _general(body: bytes) -> Frame | RemoteProtocolError:
+    from protocol.cbor import DecodeLimits, loads_strict
+    from protocol.frames import MAX_ACK_ENTRIES, _parse
+
+    try:
+        return _parse(loads_strict(body, DecodeLimits(max_depth=4)), MAX_ACK_ENTRIES)
+    except RemoteProtocolError as exc:
+        return exc
+
+
+def _body(frame: bytes) -> bytes:
+    """A frame without its length prefix."""
+    length, shift, i = 0, 0, 0
+    while True:
+        byte = frame[i]
+        i += 1
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return frame[i : i + length]
+
+
+@settings(max_examples=300)
+@given(msgs)
+def test_the_msg_fast_path_reads_every_encoded_msg(msg: Msg) -> None:
+    from protocol.frames import _msg_fast
+
+    body = _body(encode_msg(msg.seq, msg.mode, msg.envelope))
+    assert _msg_fast(body) == msg == _general(body)
+
+
+@settings(max_examples=500)
+@given(st.data())
+def test_the_msg_fast_path_never_accepts_what_the_general_decoder_would_not(
+    data: st.DataObject,
+) -> None:
+    # Mutated MSG bodies (and arbitrary ones): the fast path answers None or exactly what
+    # the general decoder answers, so it can never let through a frame that path refuses.
+    from protocol.frames import _msg_fast
+
+    msg = data.draw(msgs)
+    body = bytearray(_body(encode_msg(msg.seq, msg.mode, msg.envelope)))
+    for _ in range(data.draw(st.integers(0, 3))):
+        where = data.draw(st.integers(0, len(body)))
+        action = data.draw(st.sampled_from(["flip", "insert", "delete", "truncate"]))
+        if action == "flip" and where < len(body):
+            body[where] ^= data.draw(st.integers(1, 255))
+        elif action == "insert":
+            body.insert(where, data.draw(st.integers(0, 255)))
+        elif action == "delete" and where < len(body):
+            del body[where]
+        elif action == "truncate":
+            del body[where:]
+    for candidate in (bytes(body), data.draw(st.binary(max_size=40))):
+        fast = _msg_fast(candidate)
+        if fast is not None:
+            assert fast == _general(candidate)
+
+
+def test_the_msg_fast_path_leaves_longer_heads_to_the_general_decoder() -> None:
+    from protocol.frames import _msg_fast
+
+    # seq 5 in a one-byte-argument head (0x18 0x05): not the shortest form
+    body = b"\x84\x00\x18\x05\x00\x41x"
+    assert _msg_fast(body) is None
+    assert _msg_fast(b"\x84\x00\x05\x00\x41x") == Msg(5, Mode.AT_MOST_ONCE, b"x")
+    assert _msg_fast(b"\x84\x00\x05\x02\x41x") is None  # mode 2
+    assert _msg_fast(b"\x84\x00\x05\x00\x40") is None  # empty envelope
+    assert _msg_fast(b"\x84\x00\x05\x00\x42x") is None  # envelope cut short
