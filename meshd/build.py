@@ -44,9 +44,9 @@ async def build_node(
     from meshd.migration import Migrator
     from meshd.publisher import Publisher
     from meshd.router import Router
-    from meshd.runtime.runtime import Runtime
+    from meshd.runtime.runtime import Listeners, Runtime
     from meshd.store import Store
-    from meshd.summaries import Listeners, Summaries
+    from meshd.summaries import Summaries
     from meshd.swarms import Swarms
     from meshd.telemetry import Telemetry
     from meshd.trust import Trust

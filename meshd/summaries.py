@@ -782,30 +782,3 @@ class Summaries:
             "provide_failures": self.provide_failures,
             "provides_skipped": self.provides_skipped,
         }
-
-
-class Listeners:
-    """Tells several runtime listeners (publisher, summaries, trust) about agents."""
-
-    def __init__(self, *listeners: Any) -> None:
-        self._listeners = listeners
-
-    def spawned(self, agents: Sequence[bytes]) -> None:
-        """Agents were spawned."""
-        for listener in self._listeners:
-            listener.spawned(agents)
-
-    def activated(self, agent: AgentId) -> None:
-        """An agent became active."""
-        for listener in self._listeners:
-            listener.activated(agent)
-
-    async def deleting(self, agent: AgentId) -> None:
-        """An agent is about to be deleted."""
-        for listener in self._listeners:
-            await listener.deleting(agent)
-
-    def migrated(self, agent: AgentId, arrived: bool) -> None:
-        """An agent arrived or left by migration."""
-        for listener in self._listeners:
-            listener.migrated(agent, arrived)

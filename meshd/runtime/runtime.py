@@ -63,6 +63,7 @@ if TYPE_CHECKING:
 # `IntakeMixin` and `BoundaryMixin` moved out, so that every old import still works.
 
 __all__ = [
+    "Listeners",
     "Messenger",
     "ReplySlot",
     "Runtime",
@@ -115,6 +116,33 @@ class RuntimeListener(Protocol):
     def migrated(self, agent: AgentId, arrived: bool) -> None:
         """An agent arrived here, or left, by migration (the migrator publishes its record)."""
         ...
+
+
+class Listeners:
+    """Tells several runtime listeners (publisher, summaries, trust) about agents."""
+
+    def __init__(self, *listeners: RuntimeListener) -> None:
+        self._listeners = listeners
+
+    def spawned(self, agents: Sequence[bytes]) -> None:
+        """Agents were spawned."""
+        for listener in self._listeners:
+            listener.spawned(agents)
+
+    def activated(self, agent: AgentId) -> None:
+        """An agent became active."""
+        for listener in self._listeners:
+            listener.activated(agent)
+
+    async def deleting(self, agent: AgentId) -> None:
+        """An agent is about to be deleted."""
+        for listener in self._listeners:
+            await listener.deleting(agent)
+
+    def migrated(self, agent: AgentId, arrived: bool) -> None:
+        """An agent arrived or left by migration."""
+        for listener in self._listeners:
+            listener.migrated(agent, arrived)
 
 
 class LocalMessenger:
