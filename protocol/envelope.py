@@ -30,14 +30,13 @@ from protocol.cbor import encode_signed_map as _encode_signed_map
 from protocol.errors import LocalProtocolError, RejectReason, RemoteProtocolError
 from protocol.ids import AGENT_ID_LEN, AgentId, SigningKey, verify_signature
 from protocol.replay import ReplayWindow
-from protocol.sigbatch import SignatureBatch
+from protocol.sigbatch import open_many
 
 __all__ = [
     "ENVELOPE_DOMAIN",
     "ENVELOPE_VERSION",
     "MSG_ID_LEN",
     "Envelope",
-    "EnvelopeBatch",
     "EnvelopePolicy",
     "open_envelope",
     "open_envelopes",
@@ -333,50 +332,6 @@ def open_envelope(
     return envelope
 
 
-class EnvelopeBatch:
-    """Frames opened in two steps: every check but the signatures, then the signatures at once.
-
-    Construction decodes and checks (Python, on the caller's thread); `check_signatures`
-    hands every signature to libsodium in one call (`protocol.sigbatch`) and may run in a
-    worker thread, where it holds the GIL only on the way in and out. `results` then holds
-    `open_envelope`'s verdict on each frame, in order (the replay window excepted).
-    """
-
-    __slots__ = ("_signatures", "_signed", "results")
-
-    def __init__(
-        self,
-        frames: Sequence[bytes],
-        *,
-        now_ms: int,
-        policy: EnvelopePolicy = DEFAULT_POLICY,
-        hosted: Callable[[AgentId], bool] | None = None,
-    ) -> None:
-        self.results: list[Envelope | RemoteProtocolError] = []
-        self._signed: list[int] = []  # indices of results still waiting for their signature
-        for frame in frames:
-            try:
-                self.results.append(_open_unsigned(frame, now_ms, policy, hosted))
-            except RemoteProtocolError as exc:
-                self.results.append(exc)
-                continue
-            self._signed.append(len(self.results) - 1)
-        envelopes = [cast(Envelope, self.results[i]) for i in self._signed]
-        self._signatures = SignatureBatch(
-            [(e.signature, e.signed_bytes, e.sender.raw) for e in envelopes]
-        )
-
-    def check_signatures(self) -> list[Envelope | RemoteProtocolError]:
-        """Check every signature (thread-safe, GIL released meanwhile); return `results`."""
-        for i, good in zip(self._signed, self._signatures.check(), strict=True):
-            if not good:
-                self.results[i] = RemoteProtocolError(
-                    RejectReason.BAD_SIGNATURE, "envelope signature"
-                )
-        self._signed = []
-        return self.results
-
-
 def open_envelopes(
     frames: Sequence[bytes],
     *,
@@ -384,5 +339,24 @@ def open_envelopes(
     policy: EnvelopePolicy = DEFAULT_POLICY,
     hosted: Callable[[AgentId], bool] | None = None,
 ) -> list[Envelope | RemoteProtocolError]:
-    """`open_envelope`'s verdict on each frame (no replay window); signatures checked at once."""
-    return EnvelopeBatch(frames, now_ms=now_ms, policy=policy, hosted=hosted).check_signatures()
+    """`open_envelope`'s verdict on each frame (no replay window); signatures checked at once.
+
+    The signatures go to libsodium in one call that releases the GIL once
+    (`protocol.sigbatch`), so a worker thread checking a chunk does not wait for the GIL
+    after every message.
+    """
+    results: list[Envelope | RemoteProtocolError] = []
+    unsigned: list[int] = []  # indices of results still waiting for their signature check
+    for frame in frames:
+        try:
+            results.append(_open_unsigned(frame, now_ms, policy, hosted))
+        except RemoteProtocolError as exc:
+            results.append(exc)
+            continue
+        unsigned.append(len(results) - 1)
+    envelopes = [cast(Envelope, results[i]) for i in unsigned]
+    verdicts = open_many([(e.signature, e.signed_bytes, e.sender.raw) for e in envelopes])
+    for i, good in zip(unsigned, verdicts, strict=True):
+        if not good:
+            results[i] = RemoteProtocolError(RejectReason.BAD_SIGNATURE, "envelope signature")
+    return results

@@ -16,7 +16,7 @@ from itertools import accumulate
 from nacl.bindings import crypto_sign_open
 from nacl.exceptions import BadSignatureError, CryptoError
 
-__all__ = ["COMPILED", "SignatureBatch", "open_many", "open_many_pynacl"]
+__all__ = ["COMPILED", "open_many", "open_many_pynacl"]
 
 SIGNATURE_LEN = 64
 PUBLIC_KEY_LEN = 32
@@ -48,45 +48,20 @@ def open_many_pynacl(items: Sequence[tuple[bytes, bytes, bytes]]) -> list[bool]:
     return out
 
 
-class SignatureBatch:
-    """Signatures to check together: gathered on one thread, checked on any (GIL released)."""
-
-    __slots__ = ("_args", "_items", "_n")
-
-    def __init__(self, items: Sequence[tuple[bytes, bytes, bytes]]) -> None:
-        # The Python part (joining buffers) is done here, so that `check`, run in a worker
-        # thread, holds the GIL only to enter the C loop and to read its answer.
-        self._items = items
-        self._n = len(items)
-        self._args: tuple[object, ...] | None = None
-        if not COMPILED or not items:
-            return
-        for signature, _message, key in items:
-            if len(signature) != SIGNATURE_LEN or len(key) != PUBLIC_KEY_LEN:
-                return  # PyNaCl's own errors for lengths it refuses
-        signed = b"".join([part for sig, message, _key in items for part in (sig, message)])
-        ends = list(accumulate(SIGNATURE_LEN + len(message) for _s, message, _k in items))
-        keys = b"".join([key for _s, _m, key in items])
-        longest = max(SIGNATURE_LEN + len(message) for _s, message, _k in items)
-        self._args = (
-            _OPEN_FN,
-            self._n,
-            signed,
-            _ffi.new("unsigned long long[]", ends),
-            keys,
-            _ffi.new("unsigned char[]", longest),
-            _ffi.new("int[]", self._n),
-        )
-
-    def check(self) -> list[bool]:
-        """Whether each (signature, message, public key) verifies, in order."""
-        if self._args is None:
-            return open_many_pynacl(self._items)
-        if _lib.sigbatch_open(*self._args) == 0:
-            return [True] * self._n
-        return [code == 0 for code in self._args[-1]]  # type: ignore[attr-defined]
-
-
 def open_many(items: Sequence[tuple[bytes, bytes, bytes]]) -> list[bool]:
     """Whether each (signature, message, public key) verifies; one GIL release in all."""
-    return SignatureBatch(items).check()
+    if not COMPILED or not items:
+        return open_many_pynacl(items)
+    for signature, _message, key in items:
+        if len(signature) != SIGNATURE_LEN or len(key) != PUBLIC_KEY_LEN:
+            return open_many_pynacl(items)  # PyNaCl's own errors for lengths it refuses
+    n = len(items)
+    signed = b"".join([part for sig, message, _key in items for part in (sig, message)])
+    ends = list(accumulate(SIGNATURE_LEN + len(message) for _s, message, _k in items))
+    keys = b"".join([key for _s, _m, key in items])
+    longest = max(SIGNATURE_LEN + len(message) for _s, message, _k in items)
+    scratch = _ffi.new("unsigned char[]", longest)
+    results = _ffi.new("int[]", n)
+    if _lib.sigbatch_open(_OPEN_FN, n, signed, ends, keys, scratch, results) == 0:
+        return [True] * n
+    return [code == 0 for code in results]
