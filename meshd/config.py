@@ -426,6 +426,12 @@ _KEYS: tuple[_Key, ...] = (
     ),
     _Key("telemetry.max_nodes", 256, _int(1, 512), "Most nodes in the counter table."),
     _Key(
+        "telemetry.report_entries",
+        32,
+        _int(1, 512),
+        "Most counter-table entries per report (news first, the rest in turn).",
+    ),
+    _Key(
         "telemetry.anomaly_factor",
         5.0,
         _float(1.5, 1e6),
@@ -643,6 +649,7 @@ def _build(values: Mapping[str, Any]) -> Config:
             epoch_s=values["telemetry.epoch_s"],
             node_ttl_s=values["telemetry.node_ttl_s"],
             max_nodes=values["telemetry.max_nodes"],
+            report_entries=values["telemetry.report_entries"],
             anomaly_factor=values["telemetry.anomaly_factor"],
         ),
         trust=TrustSettings(

@@ -161,8 +161,9 @@ class Telemetry:
     # -- reports --------------------------------------------------------------------------
 
     def _report(self) -> bytes:
+        # Part of the table: news first, our own entry always (`MeshTable.pick`).
         now = trio.current_time()
-        entries = self._table.entries(now)
+        entries = self._table.pick(now, self.settings.report_entries, first=self._node)
         return TelemetryReport.encode(
             self._key,
             created_ms=self._clock(),

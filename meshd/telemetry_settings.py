@@ -16,6 +16,7 @@ class TelemetrySettings:
     epoch_s: float = 600.0
     node_ttl_s: float = 120.0
     max_nodes: int = 256
+    report_entries: int = 32
     rate_window_s: float = 30.0
     request_timeout_s: float = 5.0
     anomaly_factor: float = 5.0
@@ -24,5 +25,7 @@ class TelemetrySettings:
         for name in ("interval_s", "epoch_s", "node_ttl_s", "rate_window_s", "request_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        if self.fanout < 1 or self.max_nodes < 1 or self.anomaly_factor <= 1:
-            raise ValueError("fanout and max_nodes must be >= 1, anomaly_factor > 1")
+        if min(self.fanout, self.max_nodes, self.report_entries) < 1 or self.anomaly_factor <= 1:
+            raise ValueError(
+                "fanout, max_nodes and report_entries must be >= 1, anomaly_factor > 1"
+            )
