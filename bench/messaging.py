@@ -166,6 +166,7 @@ def _throughput(
     assert receiver.proc is not None
     pids = {"sender": sender.proc.pid, "receiver": receiver.proc.pid}
     before = sender.get("/v1/status")["network"]["messages"]
+    rbefore = receiver.get("/v1/status")["network"]["messages"]
     cpu0 = {name: _cpu_seconds(pid) for name, pid in pids.items()}
     loop0 = {name: _loop_cpu_seconds(pid) for name, pid in pids.items()}
     # Batched, fewer concurrent senders keep about as many messages in flight.
@@ -182,6 +183,7 @@ def _throughput(
     loop = {name: _loop_cpu_seconds(pid) - loop0[name] for name, pid in pids.items()}
     outcomes: Counter[str] = sum((Counter(b["outcomes"]) for b in blasts), Counter())
     after = sender.get("/v1/status")["network"]["messages"]
+    rafter = receiver.get("/v1/status")["network"]["messages"]
     # The agents time their own blasts on one clock; the slowest one ends the phase.
     elapsed = max(b["elapsed_s"] for b in blasts)
     delivered = outcomes["delivered"]
@@ -204,6 +206,11 @@ def _throughput(
         },
         "msgs_per_write": (after["msgs_sent"] - before["msgs_sent"])
         / max(1, after["writes"] - before["writes"]),
+        # The receiver's side: messages per read (a batch) and ACK entries per ACK write.
+        "msgs_per_read": (rafter["msgs_received"] - rbefore["msgs_received"])
+        / max(1, rafter["batches_received"] - rbefore["batches_received"]),
+        "acks_per_write": (rafter["msgs_received"] - rbefore["msgs_received"])
+        / max(1, rafter["ack_writes"] - rbefore["ack_writes"]),
     }
 
 
@@ -461,7 +468,11 @@ def main() -> int:
             f"senders; target >= 10,000)"
         )
         print(f"  outcomes                          {phase['outcomes']}")
-        print(f"  messages per write                {phase['msgs_per_write']:>10.1f}")
+        print(
+            f"  messages per write                {phase['msgs_per_write']:>10.1f}"
+            f"   (receiver: {phase['msgs_per_read']:.1f} per read, "
+            f"{phase['acks_per_write']:.1f} ACKs per write)"
+        )
         print(
             f"  CPU: sender {cpu['sender']:.2f} cores ({per_msg['sender']:.0f} us/msg), "
             f"receiver {cpu['receiver']:.2f} cores ({per_msg['receiver']:.0f} us/msg); "

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -147,6 +147,97 @@ class _Outgoing:
                     group.done.set()
 
 
+class _Waiter:
+    """A sender waiting for room: its group, and how far into it the queue has taken."""
+
+    __slots__ = ("items", "next", "task")
+
+    def __init__(self, items: Sequence[_Outgoing], start: int) -> None:
+        self.items = items
+        self.next = start
+        self.task = trio.lowlevel.current_task()
+
+
+class _SendQueue:
+    """A peer's messages waiting for its stream: bounded in messages, filled a group at a time.
+
+    `send_many` queues its group with one call and, while the queue is full, waits once: as
+    the stream's task takes messages, it moves the waiting groups' next messages in itself
+    (oldest group first) and wakes a sender only when its whole group is queued. A memory
+    channel would cost a put, a task switch and a take per message.
+    """
+
+    __slots__ = ("_getters", "_waiters", "closed", "items", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.items: deque[_Outgoing] = deque()
+        self.closed = False
+        self._waiters: deque[_Waiter] = deque()
+        self._getters = trio.lowlevel.ParkingLot()
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    async def put(self, items: Sequence[_Outgoing], start: int = 0) -> int:
+        """Queue `items[start:]` in order, waiting while the queue is full.
+
+        Returns how many of `items` are queued: all of them, unless the queue retired first.
+        No schedule point when everything fits at once.
+        """
+        if self.closed:
+            return start
+        queue = self.items
+        end = start
+        if not self._waiters:  # first come, first queued
+            end = min(len(items), start + self.size - len(queue))
+            if end > start:
+                queue.extend(items[start:end])
+                if self._getters:
+                    self._getters.unpark()
+            if end == len(items):
+                return end
+        waiter = _Waiter(items, end)
+        self._waiters.append(waiter)
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            # Cancelled: what was moved in already stays queued (the sender marks it
+            # abandoned, and the stream skips it); the rest never goes in.
+            self._waiters.remove(waiter)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+        return waiter.next
+
+    def get_nowait(self) -> _Outgoing:
+        """The oldest queued message; trio.WouldBlock when there is none."""
+        try:
+            item = self.items.popleft()
+        except IndexError:
+            raise trio.WouldBlock from None
+        waiters = self._waiters
+        if waiters:  # room for one more: from the oldest waiting group
+            waiter = waiters[0]
+            self.items.append(waiter.items[waiter.next])
+            waiter.next += 1
+            if waiter.next == len(waiter.items):
+                waiters.popleft()
+                trio.lowlevel.reschedule(waiter.task)
+        return item
+
+    async def get(self) -> _Outgoing:
+        """Wait for a message and take it."""
+        while not self.items:
+            await self._getters.park()
+        return self.get_nowait()
+
+    def close(self) -> None:
+        """Take no more messages; waiting senders return with the rest of their group unqueued."""
+        self.closed = True
+        while self._waiters:
+            trio.lowlevel.reschedule(self._waiters.popleft().task)
+
+
 class _PeerChannel:
     """The outbound side of one peer: its queue, its stream's state, its waiting messages."""
 
@@ -154,7 +245,7 @@ class _PeerChannel:
         self.peer_id = peer_id
         self.peer = peer
         self.addrs = addrs
-        self.send, self.recv = trio.open_memory_channel[_Outgoing](size)
+        self.queue = _SendQueue(size)
         self.pending: dict[int, _Outgoing] = {}  # seq -> message, oldest first
         self.pending_bytes = 0
         self.next_seq = 0
@@ -288,16 +379,12 @@ class MessageStreams:
                 if channel.unreachable_until > trio.current_time():
                     self.counters["sends_unreachable"] += 1
                     return SendResult(UNREACHABLE, channel.unreachable_detail)
-                try:
-                    # No schedule point when there is room: the wait for the ACK below is
-                    # one, and a second per message costs a pass of the event loop.
-                    try:
-                        channel.send.send_nowait(item)
-                    except trio.WouldBlock:
-                        await channel.send.send(item)  # waits while the peer's queue is full
+                # No schedule point when there is room: the wait for the ACK below is one,
+                # and a second per message costs a pass of the event loop. A full queue
+                # makes us wait (the peer's backpressure).
+                if await channel.queue.put((item,)):
                     break
-                except (trio.ClosedResourceError, trio.BrokenResourceError):
-                    continue  # its task just retired after idling: a new channel takes over
+                # Its task just retired after idling: a new channel takes over.
             else:  # pragma: no cover - a fresh channel accepts at once
                 return SendResult(UNREACHABLE, "could not queue the message")
             await item.done.wait()
@@ -360,16 +447,10 @@ class MessageStreams:
                 for item in items[queued:]:
                     item.resolve(UNREACHABLE, channel.unreachable_detail)
                 return
-            try:
-                while queued < len(items):
-                    try:
-                        channel.send.send_nowait(items[queued])
-                    except trio.WouldBlock:
-                        await channel.send.send(items[queued])  # the peer's backpressure
-                    queued += 1
+            queued = await channel.queue.put(items, queued)  # waits while full: backpressure
+            if queued == len(items):
                 return
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                continue  # its task just retired after idling: a new channel takes over
+            # Its task just retired after idling: a new channel takes over the rest.
         for item in items[queued:]:  # pragma: no cover - a fresh channel accepts at once
             item.resolve(UNREACHABLE, "could not queue the message")
 
@@ -377,9 +458,7 @@ class MessageStreams:
         """Counters and gauges of the message streams."""
         out: dict[str, Any] = dict(sorted(self.counters.items()))
         out["peers"] = len(self._channels)
-        out["queued"] = sum(
-            c.send.statistics().current_buffer_used for c in self._channels.values()
-        )
+        out["queued"] = sum(len(c.queue) for c in self._channels.values())
         out["in_flight"] = sum(len(c.pending) for c in self._channels.values())
         out["inbound_streams"] = sum(self._inbound.values())
         out["rejected"] = dict(self.rejected)
@@ -415,10 +494,10 @@ class MessageStreams:
             while True:
                 first: _Outgoing | None = None
                 with trio.move_on_after(settings.idle_close_s):
-                    first = await channel.recv.receive()
+                    first = await channel.queue.get()
                 if first is None:
                     try:
-                        first = channel.recv.receive_nowait()  # sent as the timer fired
+                        first = channel.queue.get_nowait()  # sent as the timer fired
                     except trio.WouldBlock:
                         return  # idle: retire (senders holding us retry on a new channel)
                 if channel.unreachable_until > trio.current_time():
@@ -440,13 +519,13 @@ class MessageStreams:
             channel.pending.clear()
             channel.pending_bytes = 0
             self._fail_queued(channel, detail)
-            channel.recv.close()
+            channel.queue.close()
 
     def _fail_queued(self, channel: _PeerChannel, detail: str) -> None:
         while True:
             try:
-                item = channel.recv.receive_nowait()
-            except (trio.WouldBlock, trio.ClosedResourceError, trio.EndOfChannel):
+                item = channel.queue.get_nowait()
+            except trio.WouldBlock:
                 return
             self.counters["sends_unreachable"] += 1
             item.resolve(UNREACHABLE, detail)
@@ -520,7 +599,7 @@ class MessageStreams:
             batch, size = [item], len(item.envelope)
             while len(batch) < room and size < room_bytes:
                 try:
-                    more = channel.recv.receive_nowait()
+                    more = channel.queue.get_nowait()
                 except trio.WouldBlock:
                     break
                 batch.append(more)
@@ -546,14 +625,14 @@ class MessageStreams:
                 self.counters["writes"] += 1
                 self.counters["msgs_sent"] += len(parts)
             try:
-                item = channel.recv.receive_nowait()
+                item = channel.queue.get_nowait()
                 continue
             except trio.WouldBlock:
                 pass
             while True:
                 next_item: _Outgoing | None = None
                 with trio.move_on_after(settings.idle_close_s):
-                    next_item = await channel.recv.receive()
+                    next_item = await channel.queue.get()
                 if next_item is not None:
                     item = next_item
                     break
