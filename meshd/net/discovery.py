@@ -26,16 +26,25 @@ that peer from its table). So this service:
   one on each, so it never prunes: every peer a DHT lookup ever dialed stayed connected (a
   50-node simnet mesh was fully connected, 49 peers each, high watermark 32). We keep
   peers spread over the DHT's distance classes (the closest of each class in turn, as a
-  Kademlia table would), plus every connection younger than the grace period.
+  Kademlia table would), plus every connection younger than the grace period and every
+  connection that carried a message lately (`note_messages`).
+
+At the connection cap (`make_room`), the connection closed to make way for a send or an
+inbound dial is, in order: one we dialed for a DHT lookup or walk that no stream of ours
+uses now and no message crossed lately (as go-libp2p's connection manager tags lookup
+connections as the first to go), then one past its grace period, then (for our sends) a
+young one; a connection that carried a message lately goes last, and only once it has been
+quiet for the grace period. Sends that make room at once each close a different connection.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -71,6 +80,15 @@ _CLOSE_TIMEOUT_S = 2.0
 # Connected peers one walk asks (Kademlia's alpha): each answer carries 20 signed peer records.
 _CONNECTED_WALK_PEERS = 3
 _MAX_SEEN = 16_384  # peers remembered as seen (beyond it, unseen peers count as new)
+# A connection that carried a message this recently is kept by trims and closed for room
+# only when nothing else can go: under load, a message connection closed by a trim or
+# replaced for a newcomer was redialed a moment later, or refused at the other side's cap.
+MESSAGE_PROTECT_S = 30.0
+# A lookup's connection is at least this old before it may be closed for room: the lookup
+# that dialed it has not opened its stream yet in the first instants.
+_LOOKUP_MIN_AGE_S = 1.0
+# Streams that stay open on every connection (GossipSub, identify push) say nothing of use.
+_BACKGROUND_PROTOCOLS = ("/meshsub/", "/floodsub/", "/ipfs/id/")
 
 
 def _short(error: BaseException) -> str:
@@ -112,6 +130,12 @@ class Discovery:
         self._self_key = int.from_bytes(peer_id_to_key(self._self_id), "big")
         # Peers the routing table ever held: a walk that adds none of these is "nothing new".
         self._seen: set[Any] = set()
+        # peer -> trio time a message last went to it or came from it (`note_messages`)
+        self._message_at: dict[Any, float] = {}
+        # Peers whose connection we dialed for a DHT lookup, walk or the auto-connector.
+        self._lookup_dialed: set[Any] = set()
+        # Peers being closed to make room: a concurrent `make_room` picks another.
+        self._closing: set[Any] = set()
 
     # -- called by the network's notifee (synchronously, never blocks) ----------------
 
@@ -119,11 +143,32 @@ class Discovery:
         """Queue a newly connected peer for the routing table (dropped and counted if full)."""
         self._backoff.pop(peer_id, None)
         self._connected_at[peer_id] = trio.current_time()
+        self._message_at.pop(peer_id, None)  # a new connection: its own history
         try:
             self._admit_send.send_nowait(peer_id)
         except trio.WouldBlock:
             # The upkeep loop re-adds connected peers, so a dropped admission only delays.
             self._counters["admissions_dropped"] += 1
+
+    def peer_disconnected(self, peer_id: Any) -> None:
+        """`peer_id` has no connection left: forget what we noted of its connection."""
+        self._message_at.pop(peer_id, None)
+        self._lookup_dialed.discard(peer_id)
+
+    def note_messages(self, peer_id: Any) -> None:
+        """Messages went to or came from `peer_id` now: keep its connection (see above)."""
+        self._message_at[peer_id] = trio.current_time()
+
+    def note_dialed(self, peer_id: Any, *, for_lookup: bool) -> None:
+        """We dialed `peer_id`: for a lookup, walk or auto-connect, or for a send of ours."""
+        if for_lookup:
+            self._lookup_dialed.add(peer_id)
+        else:
+            self._lookup_dialed.discard(peer_id)
+
+    def carries_messages(self, peer_id: Any, now: float, within: float) -> bool:
+        """Whether a message crossed `peer_id`'s connection in the last `within` seconds."""
+        return now - self._message_at.get(peer_id, -math.inf) < within
 
     # -- the service ----------------------------------------------------------------
 
@@ -394,7 +439,13 @@ class Discovery:
         settings = self._settings
         if len(peers) <= settings.high_watermark:
             return []
-        young = [p for p in peers if now - self._connected_at.get(p, now) < settings.trim_grace_s]
+        # Young connections and those that carried a message lately stay (and count).
+        young = [
+            p
+            for p in peers
+            if now - self._connected_at.get(p, now) < settings.trim_grace_s
+            or self.carries_messages(p, now, MESSAGE_PROTECT_S)
+        ]
         spared = set(young)
         old = [p for p in peers if p not in spared]
         # Down to py-libp2p's auto-connector target, (low + high) / 2, not to the low
@@ -418,18 +469,46 @@ class Discovery:
                     slots -= 1
         return [p for p in old if p not in keep]
 
-    def room_choice(self, peers: Sequence[Any], now: float, *, old_only: bool) -> Any | None:
+    def room_choice(
+        self,
+        peers: Sequence[Any],
+        now: float,
+        *,
+        old_only: bool,
+        in_use: Collection[Any] = (),
+    ) -> Any | None:
         """The one connected peer to close to make room at our cap (see `make_room`).
 
-        Past its grace period if any is (with `old_only`, only such a peer), from the most
-        crowded distance class, the farthest in it: the trim's order, so the peers a trim
-        would keep stay.
+        In order: a connection we dialed for a lookup that is not `in_use` (a stream of
+        ours open on it) and carried no message lately; one past its grace period; (not
+        `old_only`) a young one; then, quiet for the grace period, the connection whose
+        last message is the oldest. Among the first three, from the most crowded distance
+        class, the farthest in it: the trim's order, so the peers a trim would keep stay.
         """
         grace = self._settings.trim_grace_s
-        old = [p for p in peers if now - self._connected_at.get(p, now) >= grace]
-        pool = old if old or old_only else list(peers)
-        if not pool:
+        free = [p for p in peers if p not in self._closing]
+        quiet = [p for p in free if not self.carries_messages(p, now, MESSAGE_PROTECT_S)]
+        lookups = [
+            p
+            for p in quiet
+            if p in self._lookup_dialed
+            and p not in in_use
+            and now - self._connected_at.get(p, now) >= _LOOKUP_MIN_AGE_S
+        ]
+        old = [p for p in quiet if now - self._connected_at.get(p, now) >= grace]
+        for pool in (lookups, old, [] if old_only else quiet):
+            if pool:
+                return self._farthest_of_crowded(pool)
+        # Only connections that carried messages lately: the one quiet the longest, if it
+        # has been quiet for the grace period (a sender's stream idles out after a minute).
+        talked = [
+            p for p in free if p in self._message_at and not self.carries_messages(p, now, grace)
+        ]
+        if not talked:
             return None
+        return min(talked, key=lambda p: self._message_at[p])
+
+    def _farthest_of_crowded(self, pool: Sequence[Any]) -> Any:
         classes: dict[int, list[tuple[int, Any]]] = {}
         for peer in pool:
             distance = int.from_bytes(peer_id_to_key(peer), "big") ^ self._self_key
@@ -437,17 +516,36 @@ class Discovery:
         crowded = max(classes.values(), key=len)
         return max(crowded, key=lambda member: member[0])[1]
 
+    def _in_use(self, peers: Sequence[Any]) -> set[Any]:
+        """Of `peers`, those with a stream open that is not a background one (a lookup's)."""
+        connections = self._host.get_network().connections
+        busy = set()
+        for peer in peers:
+            for conn in connections.get(peer, ()):
+                for stream in conn.get_streams():
+                    protocol = stream.get_protocol()
+                    if protocol is None or not str(protocol).startswith(_BACKGROUND_PROTOCOLS):
+                        busy.add(peer)
+                        break
+        return busy
+
     async def make_room(self, keep: Any = None, *, old_only: bool = False) -> bool:
         """Close one connection (never `keep`'s) so that a new one fits under our cap."""
         peers = [p for p in self._host.get_connected_peers() if p != keep]
-        victim = self.room_choice(peers, trio.current_time(), old_only=old_only)
+        victim = self.room_choice(
+            peers, trio.current_time(), old_only=old_only, in_use=self._in_use(peers)
+        )
         if victim is None:
             return False
-        with trio.move_on_after(_CLOSE_TIMEOUT_S):
-            try:
-                await self._host.get_network().close_peer(victim)
-            except Exception as exc:  # already gone, or py-libp2p's teardown failed
-                log.debug("closing %s for room failed: %s", victim, _short(exc))
+        self._closing.add(victim)
+        try:
+            with trio.move_on_after(_CLOSE_TIMEOUT_S):
+                try:
+                    await self._host.get_network().close_peer(victim)
+                except Exception as exc:  # already gone, or py-libp2p's teardown failed
+                    log.debug("closing %s for room failed: %s", victim, _short(exc))
+        finally:
+            self._closing.discard(victim)
         self._counters["closed_for_room"] += 1
         return True
 
@@ -457,6 +555,9 @@ class Discovery:
         now = trio.current_time()
         for gone in set(self._connected_at) - set(peers):
             del self._connected_at[gone]
+        for gone in set(self._message_at) - set(peers):
+            del self._message_at[gone]
+        self._lookup_dialed.intersection_update(peers)
         doomed = self.trim_choice(peers, now)
         if not doomed:
             return 0

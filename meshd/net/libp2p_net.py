@@ -43,6 +43,7 @@ from meshd.net.kad import install_kad_protocol_id
 from meshd.net.rpc import RequestSettings, RequestStreams
 from meshd.net.streams import MessageStreams, StreamSettings
 from meshd.net.types import (
+    InboundBatch,
     Listening,
     MessageHandler,
     NetEvent,
@@ -167,47 +168,86 @@ def _make_room(swarm: Any, discovery: Discovery, counters: Counter[str]) -> None
     our own cap. A message is what the mesh is for; a lookup's connection is closed by the
     next trim anyway, so the message dial takes its place (`Discovery.make_room`). Closing
     one was not enough while lookups kept dialing (the freed slot went to one of theirs), so
-    the last sixth of the slots is kept for our sends: other dials stop below it.
+    the last sixth of the slots is kept for our sends: other dials stop below it. A slot
+    freed for a send stays reserved until its dial is done: inbound dials and lookups count
+    it as taken (200-node simnet under load: about 90 message dials failed at our own cap,
+    the freed slot taken by an inbound connection or another send).
     """
     dial_peer = swarm.dial_peer
     cap = swarm.connection_config.max_connections
     # Other dials stop this far below the cap: closing a connection for a send was not
     # enough while lookups dialed too (the slot went to one of theirs first).
     reserve = max(2, cap // 6) if cap > 4 else 0
+    reserved = 0  # slots freed for sends whose dial is not done yet
+    dialing = 0  # other dials of ours in flight: each may take a slot when it registers
+
+    def held() -> int:
+        # Slots taken or promised: a check at a dial's start let ten concurrent lookups
+        # past the reserve at once, and py-libp2p's own check comes only at registration.
+        return len(swarm.get_connections()) + reserved + dialing
+
+    async def counted_dial(peer_id: Any) -> Any:
+        nonlocal dialing
+        dialing += 1
+        try:
+            return await dial_peer(peer_id)
+        finally:
+            dialing -= 1
+
+    async def dial_for_send(peer_id: Any) -> Any:
+        nonlocal reserved
+        if held() < cap or not await discovery.make_room(peer_id):
+            return await counted_dial(peer_id)
+        reserved += 1
+        try:
+            try:
+                return await dial_peer(peer_id)
+            except SwarmException:
+                # Another dial took the room first (a connection registered meanwhile):
+                # once more, then the failure is the caller's.
+                if len(swarm.get_connections()) < cap:
+                    raise
+                counters["room_retries"] += 1
+                await discovery.make_room(peer_id)
+            return await dial_peer(peer_id)
+        finally:
+            reserved -= 1
 
     async def dial_making_room(peer_id: Any) -> Any:
-        if not any(not c.is_closed for c in swarm.get_connections(peer_id)):
-            count = len(swarm.get_connections())
-            if not _sending.get():
-                if reserve and count >= cap - reserve:
-                    counters["dials_kept_for_sends"] += 1
-                    # Before py-libp2p's dial: no negative-cache entry for the peer.
-                    raise SwarmException("connection slots kept for messages")
-            elif count >= cap:
-                await discovery.make_room(peer_id)
-                try:
-                    return await dial_peer(peer_id)
-                except SwarmException:
-                    # Another dial took the room first (sends race each other, inbound
-                    # dials arrive): once more, then the failure is the caller's.
-                    if len(swarm.get_connections()) < cap:
-                        raise
-                    counters["room_retries"] += 1
-                    await discovery.make_room(peer_id)
-        return await dial_peer(peer_id)
+        if any(not c.is_closed for c in swarm.get_connections(peer_id)):
+            return await dial_peer(peer_id)
+        if _sending.get():
+            conn = await dial_for_send(peer_id)
+            discovery.note_dialed(peer_id, for_lookup=False)
+            return conn
+        if reserve and held() >= cap - reserve:
+            counters["dials_kept_for_sends"] += 1
+            # Before py-libp2p's dial: no negative-cache entry for the peer.
+            raise SwarmException("connection slots kept for messages")
+        conn = await counted_dial(peer_id)
+        discovery.note_dialed(peer_id, for_lookup=True)
+        return conn
 
     swarm.dial_peer = dial_making_room
 
     # The receiving side: py-libp2p refuses an inbound connection at the cap before its
     # handshake. Under load the nodes that host busy agents are dialed by many senders and
     # sit at their cap (same run: 388 message dials refused by the remote side, 94 by our
-    # own); a connection past its grace period makes way for the newcomer, which may be a
-    # sender. None old enough (a join storm): refused as before, a cheap refusal.
+    # own); a lookup's idle connection, or one past its grace period, makes way for the
+    # newcomer, which may be a sender (`Discovery.room_choice`). None (a join storm, every
+    # connection young and busy): refused as before, a cheap refusal.
     upgrade_inbound = swarm.upgrade_inbound_raw_conn
 
     async def upgrade_making_room(raw_conn: Any, maddr: Any) -> Any:
-        if len(swarm.get_connections()) >= swarm.connection_config.max_connections:
-            await discovery.make_room(old_only=True)
+        # Our lookups' dials in flight do not count here: they are refused at the cap.
+        if len(swarm.get_connections()) + reserved >= cap:
+            made = await discovery.make_room(old_only=True)
+            if not made and len(swarm.get_connections()) + reserved >= cap:
+                if len(swarm.get_connections()) < cap:
+                    # The free slot is reserved for a send of ours being dialed.
+                    counters["inbound_refused_for_sends"] += 1
+                await raw_conn.close()
+                raise SwarmException("Maximum connections limit reached")
         return await upgrade_inbound(raw_conn, maddr)
 
     swarm.upgrade_inbound_raw_conn = upgrade_making_room
@@ -426,7 +466,24 @@ class Libp2pNetwork:
 
     def set_message_handler(self, handler: MessageHandler | None) -> None:
         """Accept `/meshd/msg/1.0.0` streams and give their MSG frames to `handler`."""
-        self._messages.set_handler(handler)
+        if handler is None:
+            self._messages.set_handler(None)
+            return
+
+        async def noting(batch: InboundBatch) -> None:
+            # A connection that carries messages is kept (`Discovery.note_messages`).
+            self._note_messages(batch.peer_id)
+            await handler(batch)
+
+        self._messages.set_handler(noting)
+
+    def _note_messages(self, peer_id: str) -> None:
+        try:
+            peer = ID.from_base58(peer_id)
+        except ValueError:  # not a peer id we could be connected to
+            return
+        if self._is_live(peer):  # a failed dial leaves nothing to keep
+            self._discovery.note_messages(peer)
 
     @property
     def topics(self) -> TopicService:
@@ -458,6 +515,7 @@ class Libp2pNetwork:
             return await self._messages.send(peer_id, addrs, envelope, mode)
         finally:
             _sending.reset(token)
+            self._note_messages(peer_id)
 
     async def send_messages(
         self,
@@ -474,6 +532,7 @@ class Libp2pNetwork:
             return await self._messages.send_many(peer_id, addrs, envelopes, mode, timeout=timeout)
         finally:
             _sending.reset(token)
+            self._note_messages(peer_id)
 
     def peer_addrs(self, peer_id: str) -> list[str]:
         """The addresses the peerstore holds for `peer_id` (connected or not), or []."""
@@ -622,6 +681,7 @@ class Libp2pNetwork:
 
     def _peer_gone(self, peer_id: Any) -> None:
         since = self._since.pop(peer_id)
+        self._discovery.peer_disconnected(peer_id)
         self._counters["peers_disconnected"] += 1
         self._emit(
             PeerDisconnected(peer_id=str(peer_id), connected_for_s=trio.current_time() - since)

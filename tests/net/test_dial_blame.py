@@ -21,7 +21,7 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from multiaddr import Multiaddr
 
-from meshd.net.discovery import DiscoverySettings
+from meshd.net.discovery import _LOOKUP_MIN_AGE_S, DiscoverySettings
 from meshd.net.host import HostLimits
 from meshd.net.libp2p_net import Libp2pNetwork
 from meshd.net.memory import Links, MemoryTransport, memory_addr
@@ -135,6 +135,35 @@ async def test_an_inbound_dial_at_our_cap_replaces_an_old_connection_not_a_young
         assert first.stats()["closed_for_room"] == 1
 
 
+async def test_an_inbound_dial_at_our_cap_replaces_a_young_idle_lookup_connection() -> None:
+    async with three() as (first, second, third):
+        swarm = first.host.get_network()
+        with trio.fail_after(10):
+            await first.host.connect(_peer(second))  # not a send of ours: a lookup's dial
+        await trio.sleep(_LOOKUP_MIN_AGE_S + 0.5)  # still inside the grace period
+        with trio.fail_after(10):
+            await third.host.connect(_peer(first))
+        assert [c.muxed_conn.peer_id for c in swarm.get_connections()] == [_peer(third).peer_id]
+        assert first.stats()["closed_for_room"] == 1
+
+
+async def test_an_inbound_dial_does_not_replace_a_connection_carrying_messages() -> None:
+    async with three() as (first, second, third):
+        swarm = first.host.get_network()
+
+        async def answer(peer_id: str, payload: bytes) -> bytes:
+            return b"ok"
+
+        second.set_request_handler(PROTO, answer)
+        with trio.fail_after(10):
+            await first.host.connect(_peer(second))
+        await trio.sleep(GRACE_S)  # old: an inbound dial could replace it ...
+        first._discovery.note_messages(_peer(second).peer_id)  # ... but it carries messages
+        with pytest.raises(Exception, match="unable to connect"), trio.fail_after(10):
+            await third.host.connect(_peer(first))
+        assert [c.muxed_conn.peer_id for c in swarm.get_connections()] == [_peer(second).peer_id]
+
+
 async def test_the_last_slots_are_kept_for_our_sends() -> None:
     six = HostLimits(low_watermark=0, high_watermark=1, max_connections=6)  # 2 kept
     async with three(7, limits=six) as nets:
@@ -158,6 +187,33 @@ async def test_the_last_slots_are_kept_for_our_sends() -> None:
         assert len(swarm.get_connections()) == 6
         assert first.stats()["dials_kept_for_sends"] == 1
         assert first.stats().get("closed_for_room", 0) == 0
+
+
+async def test_concurrent_lookup_dials_stop_below_the_kept_slots_too() -> None:
+    six = HostLimits(low_watermark=0, high_watermark=1, max_connections=6)  # 2 kept
+    async with three(7, limits=six) as nets:
+        first, others = nets[0], nets[1:]
+        swarm = first.host.get_network()
+        with trio.fail_after(10):
+            for net in others[:3]:
+                await first.host.connect(_peer(net))
+        refused: list[str] = []
+
+        async def lookup_dial(net: Libp2pNetwork) -> None:
+            try:
+                await first.host.connect(_peer(net))
+            except Exception as exc:
+                refused.append(str(exc))
+
+        # Three at once with one slot left below the kept ones: each dial counts as taken
+        # from its start, so two are refused (all three passed a check of held connections).
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                for net in others[3:]:
+                    nursery.start_soon(lookup_dial, net)
+        assert len(swarm.get_connections()) == 4
+        assert len(refused) == 2
+        assert first.stats()["dials_kept_for_sends"] == 2
 
 
 async def test_a_send_whose_room_was_taken_makes_room_once_more(

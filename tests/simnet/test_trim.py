@@ -23,7 +23,7 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.kad_dht.routing_table import peer_id_to_key
 from libp2p.peer.id import ID
 
-from meshd.net.discovery import Discovery, DiscoverySettings
+from meshd.net.discovery import MESSAGE_PROTECT_S, Discovery, DiscoverySettings
 from meshd.net.types import PeerSnapshot, RequestHandler
 from meshd.summaries import Summaries, SummarySettings
 from protocol.ids import AgentId, SigningKey
@@ -75,6 +75,44 @@ def test_trim_keeps_the_low_watermark_spread_over_distance_classes_and_spares_th
     assert peers[0] not in doomed
     assert peers[1] not in doomed
     assert len(peers) - len(doomed) == 4
+
+
+def test_trim_keeps_connections_that_carried_messages_lately() -> None:
+    settings = DiscoverySettings(low_watermark=2, high_watermark=3, trim_grace_s=5.0)
+    discovery, _me = _discovery(settings)
+    peers = [_peer() for _ in range(8)]
+    for peer in peers:
+        discovery._connected_at[peer] = 0.0  # all old
+    discovery._message_at.update({peers[3]: 100.0, peers[6]: 100.0})  # note_messages at 100
+    doomed = discovery.trim_choice(peers, now=110.0)
+    assert peers[3] not in doomed
+    assert peers[6] not in doomed
+    # Quiet for longer than the protection: trimmed like any other.
+    doomed = discovery.trim_choice(peers, now=100.0 + MESSAGE_PROTECT_S + 1)
+    assert len(peers) - len(doomed) == 2
+
+
+def test_room_goes_to_an_idle_lookup_connection_first_and_to_messages_last() -> None:
+    settings = DiscoverySettings(low_watermark=2, high_watermark=3, trim_grace_s=10.0)
+    discovery, _me = _discovery(settings)
+    lookup, old, young, talker = (_peer() for _ in range(4))
+    discovery._connected_at.update({lookup: 97.0, old: 50.0, young: 99.5, talker: 50.0})
+    discovery.note_dialed(lookup, for_lookup=True)
+    discovery._message_at[talker] = 99.0  # note_messages at 99
+    peers = [lookup, old, young, talker]
+    # Young, but a lookup's and idle: it goes first, even for an inbound dial (old_only).
+    assert discovery.room_choice(peers, 100.0, old_only=True) == lookup
+    # A stream of ours open on it (the lookup still asks it): the old one instead.
+    assert discovery.room_choice(peers, 100.0, old_only=True, in_use={lookup}) == old
+    # Being closed by a concurrent make_room: the next send takes another.
+    discovery._closing.update({lookup, old})
+    assert discovery.room_choice(peers, 100.0, old_only=True) is None
+    assert discovery.room_choice(peers, 100.0, old_only=False) == young
+    discovery._closing.add(young)
+    # Only the connection that carried a message a second ago: kept ...
+    assert discovery.room_choice(peers, 100.0, old_only=False) is None
+    # ... until it has been quiet for the grace period.
+    assert discovery.room_choice(peers, 110.0, old_only=True) == talker
 
 
 async def _bounded_mesh(root: Path) -> dict[str, Any]:
