@@ -571,7 +571,10 @@ class Delivery:
                     await self._reliable_slots.acquire()  # bounded: waits when many pend
                     nursery.start_soon(self._deliver_reliable, batch, msg.seq, result)
                     continue
-                outcome = self._count(await runtime.deliver(result))
+                outcome = runtime.deliver_nowait(result)  # a running agent: no await
+                if outcome is None:
+                    outcome = await runtime.deliver(result)
+                outcome = self._count(outcome)
                 if result.trace is not None:
                     trace_step("receive", result, peer=batch.peer_id, outcome=outcome)
                 entries.append(AckEntry(msg.seq, outcome))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import enum
 import re
+import struct
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -105,6 +106,11 @@ def is_outcome(text: str) -> bool:
 # -- encoding ---------------------------------------------------------------------------
 
 
+_PACK_16 = struct.Struct(">BH").pack
+_PACK_32 = struct.Struct(">BI").pack
+_PACK_64 = struct.Struct(">BQ").pack
+
+
 def _head(major: int, n: int) -> bytes:
     """A CBOR head in its shortest form (RFC 8949 section 4.2.1)."""
     base = major << 5
@@ -113,10 +119,10 @@ def _head(major: int, n: int) -> bytes:
     if n < 0x100:
         return bytes((base | 24, n))
     if n < 0x10000:
-        return bytes((base | 25,)) + n.to_bytes(2, "big")
+        return _PACK_16(base | 25, n)
     if n < 0x100000000:
-        return bytes((base | 26,)) + n.to_bytes(4, "big")
-    return bytes((base | 27,)) + n.to_bytes(8, "big")
+        return _PACK_32(base | 26, n)
+    return _PACK_64(base | 27, n)
 
 
 def _varint(n: int) -> bytes:
@@ -135,12 +141,14 @@ def _text(value: str) -> bytes:
 
 def encode_msg(seq: int, mode: Mode, envelope: bytes) -> bytes:
     """One length-prefixed MSG frame."""
-    if not 0 <= seq <= _MAX_SEQ or mode not in _MODES:
+    # Once per message sent: comparisons, not an enum lookup, and the envelope copied once.
+    if not 0 <= seq <= _MAX_SEQ or (mode != 0 and mode != 1):
         raise LocalProtocolError("seq must be a uint64 and mode 0 or 1")
-    body = b"\x84\x00" + _head(0, seq) + _head(0, mode) + _head(2, len(envelope)) + envelope
-    if len(body) > MAX_FRAME_SIZE:
-        raise LocalProtocolError(f"MSG frame of {len(body)} bytes is over {MAX_FRAME_SIZE}")
-    return _varint(len(body)) + body
+    head = b"\x84\x00" + _head(0, seq) + (b"\x01" if mode else b"\x00") + _head(2, len(envelope))
+    size = len(head) + len(envelope)
+    if size > MAX_FRAME_SIZE:
+        raise LocalProtocolError(f"MSG frame of {size} bytes is over {MAX_FRAME_SIZE}")
+    return (bytes((size,)) if size < 0x80 else _varint(size)) + head + envelope
 
 
 def encode_ack(entries: Sequence[AckEntry]) -> bytes:

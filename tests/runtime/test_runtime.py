@@ -355,3 +355,37 @@ async def test_lifecycle_changes_wait_for_the_running_handler(tmp_path: Path) ->
         assert await rt.store.inbox_count(agent_a.raw) == 1
         assert not rt.hosts(agent_b)
         assert rt.stats.handler_errors == 0
+
+
+async def test_deliver_nowait_takes_running_agents_and_leaves_the_rest_to_deliver(
+    tmp_path: Path,
+) -> None:
+    async with running(tmp_path, inbox_limit=2) as rt:
+        (rec,) = await rt.spawn(REC)
+        (ext,) = await rt.spawn("external")
+        running_agent, external = AgentId.from_did(rec["id"]), AgentId.from_did(ext["id"])
+        # Dormant: activation needs the store, so the caller must await `deliver`.
+        assert rt.deliver_nowait(message(rt, running_agent, 0)) is None
+        assert kinds.RECEIVED == []
+        assert await rt.deliver(message(rt, running_agent, 1)) == "delivered"
+        await settle(lambda: len(kinds.RECEIVED) == 1)
+        assert rt.state_of(running_agent) is State.ACTIVE
+        # Running: taken at once, and handled in order.
+        assert rt.deliver_nowait(message(rt, running_agent, 2)) == "delivered"
+        assert rt.deliver_nowait(message(rt, running_agent, 3)) == "delivered"
+        # The inbox limit holds on this path too (the handler has not run yet).
+        assert rt.deliver_nowait(message(rt, running_agent, 4)) == "rejected:rate_limited"
+        await settle(lambda: len(kinds.RECEIVED) == 3)
+        assert [body for _, _, body in kinds.RECEIVED] == [1, 2, 3]
+        # Replies, external and suspended agents and strangers are `deliver`'s to answer.
+        reply = Envelope.create(
+            CLIENT, running_agent, "msg", 5, now_ms=rt.clock(), reply_to=b"r" * 16
+        )
+        assert rt.deliver_nowait(reply) is None
+        assert rt.deliver_nowait(message(rt, external, 6)) is None
+        stranger = SigningKey.from_seed(b"S" * 32).agent_id
+        assert rt.deliver_nowait(message(rt, stranger, 7)) is None
+        await rt.suspend(running_agent)
+        assert rt.deliver_nowait(message(rt, running_agent, 8)) is None
+        assert await rt.deliver(message(rt, running_agent, 8)) == "queued"
+        assert len(kinds.RECEIVED) == 3
