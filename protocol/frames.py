@@ -25,6 +25,7 @@ import enum
 import re
 import struct
 from collections.abc import Iterable, Sequence
+from functools import partial
 from typing import Any, NamedTuple
 
 from protocol.cbor import DEFAULT_LIMITS, DecodeLimits, loads_strict
@@ -87,6 +88,10 @@ class AckEntry(NamedTuple):
     seq: int
     outcome: str
     detail: str = ""
+
+
+# Builds an AckEntry from a tuple without NamedTuple's keyword-handling constructor.
+_new_entry = partial(tuple.__new__, AckEntry)
 
 
 class Ack(NamedTuple):
@@ -156,18 +161,30 @@ def encode_ack(entries: Sequence[AckEntry]) -> bytes:
     if not 0 < len(entries) <= MAX_ACK_ENTRIES:
         raise LocalProtocolError(f"an ACK holds 1..{MAX_ACK_ENTRIES} entries")
     parts = [b"\x82\x01", _head(4, len(entries))]
+    known = _OUTCOME_TEXT  # every message sent is answered here: the common outcomes ready-made
     for seq, outcome, detail in entries:
-        if not 0 <= seq <= _MAX_SEQ or not is_outcome(outcome):
+        text = known.get(outcome)
+        if text is None:
+            if not is_outcome(outcome):
+                raise LocalProtocolError(f"bad ACK entry ({seq}, {outcome!r})")
+            text = _text(outcome)
+        if not 0 <= seq <= _MAX_SEQ:
             raise LocalProtocolError(f"bad ACK entry ({seq}, {outcome!r})")
-        detail = detail[:MAX_DETAIL_LEN]
         if detail:
-            parts += (b"\x83", _head(0, seq), _text(outcome), _text(detail))
+            parts += (b"\x83", _head(0, seq), text, _text(detail[:MAX_DETAIL_LEN]))
         else:
-            parts += (b"\x82", _head(0, seq), _text(outcome))
+            parts += (b"\x82", _head(0, seq), text)
     body = b"".join(parts)
     if len(body) > MAX_FRAME_SIZE:
         raise LocalProtocolError("ACK frame too large: send fewer entries per frame")
     return _varint(len(body)) + body
+
+
+# The encoded text of every outcome this version sends (others are encoded as they come).
+_OUTCOME_TEXT = {
+    outcome: _text(outcome)
+    for outcome in (*_BASE_OUTCOMES, *(f"rejected:{reason.value}" for reason in RejectReason))
+}
 
 
 def encode_frames(frames: Iterable[Frame]) -> bytes:
@@ -257,7 +274,19 @@ def _parse(obj: Any, max_ack_entries: int) -> Frame:
                 RejectReason.MALFORMED, f"ACK holds 1..{max_ack_entries} entries"
             )
         entries = []
+        common = _BASE_OUTCOMES
         for entry in raw_entries:
+            # The usual answer, [seq, "delivered"], checked in one line (the same rules).
+            if type(entry) is list and len(entry) == 2:
+                seq, outcome = entry
+                if (
+                    type(seq) is int
+                    and 0 <= seq <= _MAX_SEQ
+                    and type(outcome) is str
+                    and outcome in common
+                ):
+                    entries.append(_new_entry((seq, outcome, "")))
+                    continue
             if type(entry) is not list or not 2 <= len(entry) <= 3:
                 raise RemoteProtocolError(RejectReason.MALFORMED, "ACK entry is [seq, outcome]")
             seq, outcome = entry[0], entry[1]

@@ -110,6 +110,9 @@ def _short(error: BaseException) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
+_DELIVERED = SendResult("delivered")
+
+
 class _Group:
     """Messages queued together by `send_many`: one wake-up when the last is answered."""
 
@@ -137,7 +140,10 @@ class _Outgoing:
 
     def resolve(self, outcome: str, detail: str = "") -> None:
         if self.result is None:
-            self.result = SendResult(outcome, detail)
+            # Nearly every answer is a bare `delivered`: one shared result for those.
+            self.result = (
+                _DELIVERED if outcome == "delivered" and not detail else SendResult(outcome, detail)
+            )
             group = self.group
             if group is None:
                 self.done.set()
@@ -664,15 +670,16 @@ class MessageStreams:
                 channel.window.set()
 
     def _take_acks(self, channel: _PeerChannel, frame: Ack) -> None:
-        pending = channel.pending
+        pending, freed = channel.pending, 0
         for seq, outcome, detail in frame.entries:
             item = pending.pop(seq, None)
             if item is None:
                 # Answers to messages given up on (after a timeout) land here too.
                 self.counters["acks_unmatched"] += 1
                 continue
-            channel.pending_bytes -= len(item.envelope)
+            freed += len(item.envelope)
             item.resolve(outcome, detail)
+        channel.pending_bytes -= freed
         self.counters["acks_received"] += len(frame.entries)
 
     async def _watch_acks(self, channel: _PeerChannel, run: _Run) -> None:

@@ -303,3 +303,44 @@ def test_the_msg_fast_path_leaves_longer_heads_to_the_general_decoder() -> None:
     assert _msg_fast(b"\x84\x00\x05\x02\x41x") is None  # mode 2
     assert _msg_fast(b"\x84\x00\x05\x00\x40") is None  # empty envelope
     assert _msg_fast(b"\x84\x00\x05\x00\x42x") is None  # envelope cut short
+
+
+_SLOT_VALUES = st.one_of(
+    st.integers(min_value=-(2**65), max_value=2**65),
+    st.booleans(),
+    st.none(),
+    st.floats(allow_nan=False),
+    st.sampled_from(["delivered", "queued", "not_here", "gone", "rejected:replayed", "x", ""]),
+    st.text(max_size=12),
+    st.binary(max_size=12),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+
+
+def _entry_verdict(seq: object, outcome: object) -> AckEntry | None:
+    """The grammar's verdict on one [seq, outcome] ACK entry, written out plainly."""
+    if type(seq) is not int or not 0 <= seq < 2**64:
+        return None
+    if type(outcome) is not str or not is_outcome(outcome):
+        return None
+    return AckEntry(seq, outcome, "")
+
+
+@settings(max_examples=400)
+@given(st.lists(st.tuples(_SLOT_VALUES, _SLOT_VALUES), min_size=1, max_size=4))
+def test_two_item_ack_entries_are_checked_by_the_grammar_whatever_their_values(
+    pairs: list[tuple[object, object]],
+) -> None:
+    # The common [seq, outcome] entry has a shortcut in the decoder; whatever the values,
+    # an entry is taken exactly when the grammar allows it, and nothing but a
+    # RemoteProtocolError comes out (an unhashable outcome must not reach a set lookup).
+    body = cbor2.dumps([1, [list(pair) for pair in pairs]])
+    verdicts = [_entry_verdict(seq, outcome) for seq, outcome in pairs]
+    got = _general(body)
+    if all(verdict is not None for verdict in verdicts):
+        assert got == Ack(tuple(v for v in verdicts if v is not None))
+        assert all(type(entry) is AckEntry for entry in got.entries)
+    else:
+        assert isinstance(got, RemoteProtocolError)
+        assert got.reason is RejectReason.MALFORMED
