@@ -159,6 +159,12 @@ def _release_inbound_slots(swarm: Any) -> None:
 _sending: ContextVar[bool] = ContextVar("meshd_sending", default=False)
 
 
+# How often a peer's message traffic is noted for `Discovery.note_messages`, and how many
+# peers' last notes are remembered.
+_NOTE_INTERVAL_S = 1.0
+_NOTED_MAX = 4096
+
+
 def _make_room(swarm: Any, discovery: Discovery, counters: Counter[str]) -> None:
     """A message or request dial at our connection cap first closes another connection.
 
@@ -353,6 +359,8 @@ class Libp2pNetwork:
         self._events: trio.MemorySendChannel[NetEvent] | None = None
         # peer -> trio time we first saw a live connection to it
         self._since: dict[Any, float] = {}
+        # peer id text -> trio time its messages were last noted (see _note_messages)
+        self._noted: dict[str, float] = {}
         self._discovery = Discovery(
             self._host,
             self._dht,
@@ -478,12 +486,20 @@ class Libp2pNetwork:
         self._messages.set_handler(noting)
 
     def _note_messages(self, peer_id: str) -> None:
+        # Called for every message sent alone: a peer id's base58 costs about 20 us to parse,
+        # and noting a peer once a second keeps its connection as well (the window is 30 s).
+        now = trio.current_time()
+        if now - self._noted.get(peer_id, -math.inf) < _NOTE_INTERVAL_S:
+            return
         try:
             peer = ID.from_base58(peer_id)
         except ValueError:  # not a peer id we could be connected to
             return
         if self._is_live(peer):  # a failed dial leaves nothing to keep
             self._discovery.note_messages(peer)
+            if len(self._noted) >= _NOTED_MAX:
+                self._noted.clear()  # bounded; the cost is one more parse per peer
+            self._noted[peer_id] = now
 
     @property
     def topics(self) -> TopicService:
