@@ -8,7 +8,8 @@ redirected; `meshd.net.virtual_time`):
 2. settle: joins, DHT walks, connection trims, first summaries (simulated seconds);
 3. memory: resident set size after settling minus before starting, per node and per agent;
 4. idle: real seconds per simulated second while nothing is sent (timers, gossip, DHT walks,
-   summaries, telemetry), with the connection degree;
+   summaries, telemetry), with the connection degree; every phase also in CPU seconds of
+   this process, which another process on the machine barely changes;
 5. load: the same under a stream of signed messages to random counters (half of them
    at-least-once), with the delivered fraction.
 Every node runs with `BENCH_CONFIG` (bounded degree, telemetry scaled to the mesh; printed).
@@ -52,8 +53,8 @@ ONE_RUN_TIMEOUT_S = 900.0
 #   instant: each first contact costs a whole summary (settle must outlast this: until the
 #   first summaries arrive, mass-spawned agents are unreachable, having no DHT record);
 # - DHT walks start 5 s apart and joins spread over 5 s (a mesh started all at once);
-# - telemetry: each exchange carries the whole node table, which grows with the mesh, so the
-#   interval grows with it (30 s instead of 5 s; mesh estimates converge slower).
+# - telemetry: every 30 s instead of 5 s (each exchange is a request stream each way, a
+#   signed report with two sketches and up to 32 node entries; mesh estimates converge slower).
 BENCH_CONFIG: dict[str, Any] = {
     "connections.low_watermark": 8,
     "connections.high_watermark": 16,
@@ -240,13 +241,14 @@ async def _measure(
             f"{nodes} nodes: started, {agents} agents, "
             f"{out['rss_after_start_kb_per_node']} KB/node; settling {settle_s} sim s",
         )
-        t_real = time.perf_counter()
+        t_real, t_cpu = time.perf_counter(), time.process_time()
         steps = max(1, int(settle_s))
         for step in range(steps):  # joins, walks, trims, first summaries
             await trio.sleep(settle_s / steps)
             if step % 5 == 4 or step == steps - 1:
                 _note(wall, f"settle {step + 1}/{steps} sim s, degree {_degree(backend, nodes)}")
         out["settle_real_s_per_sim_s"] = round((time.perf_counter() - t_real) / settle_s, 3)
+        out["settle_cpu_s_per_sim_s"] = round((time.process_time() - t_cpu) / settle_s, 3)
         rss = _rss_bytes() - rss0
         out["rss_mb"] = round(rss / 2**20, 1)
         out["kb_per_node"] = round(rss / nodes / 1024, 1)
@@ -263,8 +265,9 @@ async def _measure(
         }
         chunks0, dials0 = backend.links.counters["bytes"], backend.links.counters["dials"]
         causes0, net0 = Counter(DIAL_CAUSES), _net_totals(backend, nodes)
-        t_sim, t_real = trio.current_time(), time.perf_counter()
+        t_sim, t_real, t_cpu = trio.current_time(), time.perf_counter(), time.process_time()
         await trio.sleep(idle_s)
+        out["idle_cpu_s_per_sim_s"] = round((time.process_time() - t_cpu) / idle_s, 3)
         out["idle_dials_by_cause_per_node_per_sim_s"] = {
             cause: round(count / nodes / idle_s, 3)
             for cause, count in (DIAL_CAUSES - causes0).most_common()
@@ -318,7 +321,7 @@ async def _measure(
         # an activated agent's record goes into the DHT (meshd.publisher), a put at the 20
         # closest peers, each dialed; later messages to it cost none of that.
         causes0 = Counter(DIAL_CAUSES)
-        t_sim, t_real = trio.current_time(), time.perf_counter()
+        t_sim, t_real, t_cpu = trio.current_time(), time.perf_counter(), time.process_time()
         async with trio.open_nursery() as firsts:
             for _, to in targets:
                 token = object()
@@ -328,6 +331,7 @@ async def _measure(
         out["first_contact_delivered"] = ok
         out["first_contact_outcomes"] = dict(outcomes)
         out["first_contact_real_s"] = round(time.perf_counter() - t_real, 1)
+        out["first_contact_cpu_s"] = round(time.process_time() - t_cpu, 1)
         out["first_contact_dials_per_node"] = _causes_since(causes0, nodes)
         out["first_contact_sim_s"] = round(trio.current_time() - t_sim, 2)
         out["first_contact_routes"] = _route_totals(backend, nodes)
@@ -346,7 +350,7 @@ async def _measure(
         sent = ok = 0
         outcomes.clear()
         causes0 = Counter(DIAL_CAUSES)
-        t_sim, t_real = trio.current_time(), time.perf_counter()
+        t_sim, t_real, t_cpu = trio.current_time(), time.perf_counter(), time.process_time()
 
         async with trio.open_nursery() as sends:
             next_at = t_sim
@@ -365,6 +369,7 @@ async def _measure(
         out["load_dials_per_node"] = _causes_since(causes0, nodes)
         out["load_outcomes"] = dict(outcomes)
         out["load_real_s_per_sim_s"] = round((time.perf_counter() - t_real) / sim, 3)
+        out["load_cpu_s_per_sim_s"] = round((time.process_time() - t_cpu) / sim, 3)
         out["degree_after_load"] = _degree(backend, nodes)
         out["load_routes"] = _route_totals(backend, nodes)
         out["load_failures"] = dict(reasons.most_common(6))
@@ -431,6 +436,17 @@ def _print_row(row: dict[str, Any], base: dict[str, Any]) -> None:
     )
 
 
+def _print_cpu(row: dict[str, Any]) -> None:
+    # CPU seconds of this process (threads included): unlike real time, other processes on
+    # the machine barely move them, so runs on a busy machine compare.
+    if "load_cpu_s_per_sim_s" in row:
+        print(
+            f"      CPU s per sim s: settle {row['settle_cpu_s_per_sim_s']}, "
+            f"idle {row['idle_cpu_s_per_sim_s']}, load {row['load_cpu_s_per_sim_s']}; "
+            f"first contact {row['first_contact_cpu_s']} CPU s"
+        )
+
+
 def _print_causes(row: dict[str, Any]) -> None:
     # Older rows (from before these figures existed) have none of them.
     if "idle_dials_by_cause_per_node_per_sim_s" in row:
@@ -493,6 +509,7 @@ def main() -> None:
         row["run_real_s"] = round(time.perf_counter() - started, 1)
         rows.append(row)
         _print_row(row, rows[0])
+        _print_cpu(row)
         _print_causes(row)
     largest = rows[-1] if rows else None
     if largest is not None:
