@@ -153,7 +153,13 @@ def encode_msg(seq: int, mode: Mode, envelope: bytes) -> bytes:
     size = len(head) + len(envelope)
     if size > MAX_FRAME_SIZE:
         raise LocalProtocolError(f"MSG frame of {size} bytes is over {MAX_FRAME_SIZE}")
-    return (bytes((size,)) if size < 0x80 else _varint(size)) + head + envelope
+    if size < 0x80:
+        prefix = bytes((size,))
+    elif size < 0x4000:  # most envelopes: a two-byte prefix, without the general loop
+        prefix = bytes(((size & 0x7F) | 0x80, size >> 7))
+    else:
+        prefix = _varint(size)
+    return prefix + head + envelope
 
 
 def encode_ack(entries: Sequence[AckEntry]) -> bytes:

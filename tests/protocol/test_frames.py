@@ -344,3 +344,15 @@ def test_two_item_ack_entries_are_checked_by_the_grammar_whatever_their_values(
     else:
         assert isinstance(got, RemoteProtocolError)
         assert got.reason is RejectReason.MALFORMED
+
+
+@pytest.mark.parametrize("size", [1, 100, 123, 124, 200, 16_370, 16_371, 16_383, 20_000, 65_000])
+def test_msg_length_prefixes_are_minimal_at_every_width(size: int) -> None:
+    # The encoder writes one- and two-byte prefixes without the general loop; the decoder
+    # refuses any prefix that is not minimal, so a wrong width fails here.
+    msg = Msg(2**40, Mode.AT_LEAST_ONCE, bytes(range(256)) * (size // 256) + b"x" * (size % 256))
+    data = encode_msg(msg.seq, msg.mode, msg.envelope)
+    decoder = FrameDecoder()
+    decoder.feed(data)
+    assert decoder.next_frame() == msg
+    assert decoder.buffered == 0
