@@ -76,6 +76,8 @@ _RETRY_OUTCOMES = frozenset(
     {UNREACHABLE, TIMEOUT, "not_here", "rejected:rate_limited", "rejected:unavailable"}
 )
 _REJECT_LOG_INTERVAL_S = 60.0
+# An AckEntry from a tuple, without NamedTuple's keyword-handling constructor (per message).
+_answer = partial(tuple.__new__, AckEntry)
 _LIMITED = RemoteProtocolError(RejectReason.RATE_LIMITED, "over this peer's or agent's rate")
 _BANNED = RemoteProtocolError(RejectReason.UNAUTHORIZED, "this peer is banned for a while")
 
@@ -534,6 +536,7 @@ class Delivery:
                 await job.done.wait()
             now_ms, now = self._clock(), trio.current_time()
             answers: dict[int, tuple[InboundBatch, list[AckEntry]]] = {}
+            placed: set[bytes] = set()  # senders whose location was settled in this job
             for (batch, msg), result in zip(job.items, job.results, strict=True):
                 known = answers.get(id(batch))
                 if known is None:
@@ -564,11 +567,13 @@ class Delivery:
                 if not guard.admit_agent(sender.raw, now):
                     entries.append(self._reject(batch.peer_id, msg.seq, _LIMITED))
                     continue
-                if not router.knows(sender) and not runtime.hosts(sender):
-                    # Where a verified message came from is where its sender's replies go.
-                    # Only when nothing better is known: a peer relaying someone else's
-                    # message first cannot take over a location learned elsewhere.
-                    router.learn(sender, batch.peer_id)
+                if sender.raw not in placed:
+                    placed.add(sender.raw)  # a job's messages come from a few senders
+                    if not router.knows(sender) and not runtime.hosts(sender):
+                        # Where a verified message came from is where its sender's replies
+                        # go. Only when nothing better is known: a peer relaying someone
+                        # else's message first cannot take over a location learned elsewhere.
+                        router.learn(sender, batch.peer_id)
                 if msg.mode is Mode.AT_LEAST_ONCE:
                     await self._reliable_slots.acquire()  # bounded: waits when many pend
                     nursery.start_soon(self._deliver_reliable, batch, msg.seq, result)
@@ -579,7 +584,7 @@ class Delivery:
                 outcome = self._count(outcome)
                 if result.trace is not None:
                     trace_step("receive", result, peer=batch.peer_id, outcome=outcome)
-                entries.append(AckEntry(msg.seq, outcome))
+                entries.append(_answer((msg.seq, outcome, "")))
             for batch, entries in answers.values():
                 if entries:
                     batch.ack(entries)
