@@ -221,38 +221,45 @@ def _msg_fast(body: bytes) -> Msg | None:
     Whatever this returns, `_parse(loads_strict(body))` returns too (tests/protocol check
     it on arbitrary and mutated bodies); everything else is left to that general path.
     """
-    try:
-        if body[0] != 0x84 or body[1] != _T_MSG:  # [0, seq, mode, envelope]
+    return _msg_fast_at(body, 0, len(body))
+
+
+def _msg_fast_at(buf: bytes | bytearray, start: int, stop: int) -> Msg | None:
+    """`_msg_fast` of the frame body at `buf[start:stop]`, read in place (no copy of it)."""
+    # Every read is bounded by `stop`: the buffer may hold the next frames after it.
+    if stop - start < 6 or buf[start] != 0x84 or buf[start + 1] != _T_MSG:
+        return None  # [0, seq, mode, envelope], the envelope at least one byte
+    p, b = start + 3, buf[start + 2]
+    if b < 24:
+        seq = b
+    else:
+        size, least = _HEAD_MIN.get(b, (0, 0))
+        if not size or p + size > stop:
             return None
-        p, b = 3, body[2]
-        if b < 24:
-            seq = b
-        else:
-            size, least = _HEAD_MIN.get(b, (0, 0))
-            if not size:
-                return None
-            seq = int.from_bytes(body[p : p + size], "big")
-            p += size
-            if seq < least or p > len(body):
-                return None
-        mode = body[p]
-        b = body[p + 1] - 0x40  # a byte string's head: major type 2
-        p += 2
-        if mode > 1 or not 0 <= b <= 26:
+        seq = int.from_bytes(buf[p : p + size], "big")
+        p += size
+        if seq < least:
             return None
-        if b < 24:
-            n = b
-        else:
-            size, least = _HEAD_MIN[b]
-            n = int.from_bytes(body[p : p + size], "big")
-            p += size
-            if n < least:
-                return None
-    except IndexError:
+    if p + 2 > stop:
         return None
-    if n == 0 or p + n != len(body):
+    mode = buf[p]
+    b = buf[p + 1] - 0x40  # a byte string's head: major type 2
+    p += 2
+    if mode > 1 or not 0 <= b <= 26:
         return None
-    return Msg(seq, _MODES[mode], body[p:])
+    if b < 24:
+        n = b
+    else:
+        size, least = _HEAD_MIN[b]
+        if p + size > stop:
+            return None
+        n = int.from_bytes(buf[p : p + size], "big")
+        p += size
+        if n < least:
+            return None
+    if n == 0 or p + n != stop:
+        return None
+    return Msg(seq, _MODES[mode], bytes(buf[p:stop]))
 
 
 def _parse(obj: Any, max_ack_entries: int) -> Frame:
@@ -397,8 +404,10 @@ class FrameDecoder:
             raise RemoteProtocolError(RejectReason.MALFORMED, "empty frame")
         if end - i < length:
             return None
-        body = bytes(buf[i : i + length])
-        self._pos = i + length
-        # Nearly every frame is a MSG in the encoder's shortest form: read it directly. Any
+        self._pos = stop = i + length
+        # Nearly every frame is a MSG in the encoder's shortest form: read it in place. Any
         # other frame takes the general decoder, which also gives the reason for a bad one.
-        return _msg_fast(body) or _parse(loads_strict(body, self._limits), self._max_ack_entries)
+        msg = _msg_fast_at(buf, i, stop)
+        if msg is not None:
+            return msg
+        return _parse(loads_strict(bytes(buf[i:stop]), self._limits), self._max_ack_entries)

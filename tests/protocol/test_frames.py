@@ -272,7 +272,7 @@ def test_the_msg_fast_path_never_accepts_what_the_general_decoder_would_not(
 ) -> None:
     # Mutated MSG bodies (and arbitrary ones): the fast path answers None or exactly what
     # the general decoder answers, so it can never let through a frame that path refuses.
-    from protocol.frames import _msg_fast
+    from protocol.frames import _msg_fast, _msg_fast_at
 
     msg = data.draw(msgs)
     body = bytearray(_body(encode_msg(msg.seq, msg.mode, msg.envelope)))
@@ -291,6 +291,11 @@ def test_the_msg_fast_path_never_accepts_what_the_general_decoder_would_not(
         fast = _msg_fast(candidate)
         if fast is not None:
             assert fast == _general(candidate)
+        # Read in place from a buffer that holds more after the frame (the next frames):
+        # the same answer, never a byte read from beyond the frame.
+        before, after = data.draw(st.binary(max_size=8)), data.draw(st.binary(max_size=40))
+        buffer = bytearray(before + candidate + after)
+        assert _msg_fast_at(buffer, len(before), len(before) + len(candidate)) == fast
 
 
 def test_the_msg_fast_path_leaves_longer_heads_to_the_general_decoder() -> None:
