@@ -251,25 +251,27 @@ class Delivery:
         elapsed = trio.current_time() - started
         late = f"no answer from {route.peer_id} within {self._settings.send_timeout_s:g} s"
         answered = 0
+        counts: dict[str, int] = {}  # added to `sent` once: this loop runs for every message
         for i, result in zip(indices, results, strict=True):
             envelope = envelopes[i]
             if result is None:
-                report = DeliveryReport(envelope.msg_id, TIMEOUT, late)
+                outcome, detail = TIMEOUT, late
             else:
                 answered += 1
-                report = DeliveryReport(envelope.msg_id, result.outcome, result.detail)
-            if report.outcome == "not_here" or (
-                report.outcome == "rejected:wrong_recipient" and route.path.startswith("summary")
+                outcome, detail = result
+            if outcome == "not_here" or (
+                outcome == "rejected:wrong_recipient" and route.path.startswith("summary")
             ):
                 assert isinstance(envelope.recipient, AgentId)
                 self.router.invalidate(envelope.recipient, route.peer_id)
                 stale.append(i)  # `send_many` retries it alone, and counts it there
                 continue
-            self.sent[report.outcome] += 1
+            counts[outcome] = counts.get(outcome, 0) + 1
             if envelope.trace is not None:
                 trace_step("send", envelope, path=route.path, peer=route.peer_id,
-                           outcome=report.outcome)  # fmt: skip
-            reports[i] = report
+                           outcome=outcome)  # fmt: skip
+            reports[i] = DeliveryReport(envelope.msg_id, outcome, detail)
+        self.sent.update(counts)
         if answered:
             # The batch's time to its last ACK: an upper bound on each message's.
             self.observe_latency(elapsed, answered)
