@@ -34,7 +34,8 @@ inbound dial is, in order: one we dialed for a DHT lookup or walk that no stream
 uses now and no message crossed lately (as go-libp2p's connection manager tags lookup
 connections as the first to go), then one past its grace period, then (for our sends) a
 young one; a connection that carried a message lately goes last, and only once it has been
-quiet for the grace period. Sends that make room at once each close a different connection.
+quiet for a moment (`MESSAGE_QUIET_S`). Sends that make room at once each close a different
+connection.
 """
 
 from __future__ import annotations
@@ -84,6 +85,8 @@ _MAX_SEEN = 16_384  # peers remembered as seen (beyond it, unseen peers count as
 # only when nothing else can go: under load, a message connection closed by a trim or
 # replaced for a newcomer was redialed a moment later, or refused at the other side's cap.
 MESSAGE_PROTECT_S = 30.0
+# ... and when nothing else can go, one quiet for this long may (its ACKs are back).
+MESSAGE_QUIET_S = 2.0
 # A lookup's connection is at least this old before it may be closed for room: the lookup
 # that dialed it has not opened its stream yet in the first instants.
 _LOOKUP_MIN_AGE_S = 1.0
@@ -481,7 +484,7 @@ class Discovery:
 
         In order: a connection we dialed for a lookup that is not `in_use` (a stream of
         ours open on it) and carried no message lately; one past its grace period; (not
-        `old_only`) a young one; then, quiet for the grace period, the connection whose
+        `old_only`) a young one; then, quiet for `MESSAGE_QUIET_S`, the connection whose
         last message is the oldest. Among the first three, from the most crowded distance
         class, the farthest in it: the trim's order, so the peers a trim would keep stay.
         """
@@ -500,9 +503,13 @@ class Discovery:
             if pool:
                 return self._farthest_of_crowded(pool)
         # Only connections that carried messages lately: the one quiet the longest, if it
-        # has been quiet for the grace period (a sender's stream idles out after a minute).
+        # has been quiet for a moment (its ACKs are back). A node hosting busy agents is
+        # dialed by many senders: 200-node simnet under load, 56 message dials refused by
+        # receivers whose every connection had carried a message in the grace period.
         talked = [
-            p for p in free if p in self._message_at and not self.carries_messages(p, now, grace)
+            p
+            for p in free
+            if p in self._message_at and not self.carries_messages(p, now, MESSAGE_QUIET_S)
         ]
         if not talked:
             return None

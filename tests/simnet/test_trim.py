@@ -23,7 +23,7 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.kad_dht.routing_table import peer_id_to_key
 from libp2p.peer.id import ID
 
-from meshd.net.discovery import MESSAGE_PROTECT_S, Discovery, DiscoverySettings
+from meshd.net.discovery import MESSAGE_PROTECT_S, MESSAGE_QUIET_S, Discovery, DiscoverySettings
 from meshd.net.types import PeerSnapshot, RequestHandler
 from meshd.summaries import Summaries, SummarySettings
 from protocol.ids import AgentId, SigningKey
@@ -111,8 +111,8 @@ def test_room_goes_to_an_idle_lookup_connection_first_and_to_messages_last() -> 
     discovery._closing.add(young)
     # Only the connection that carried a message a second ago: kept ...
     assert discovery.room_choice(peers, 100.0, old_only=False) is None
-    # ... until it has been quiet for the grace period.
-    assert discovery.room_choice(peers, 110.0, old_only=True) == talker
+    # ... until it has been quiet for a moment, even inside the grace period and protection.
+    assert discovery.room_choice(peers, 99.0 + MESSAGE_QUIET_S, old_only=True) == talker
 
 
 async def _bounded_mesh(root: Path) -> dict[str, Any]:
