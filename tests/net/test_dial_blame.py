@@ -109,9 +109,9 @@ async def test_a_request_at_our_cap_closes_another_connection_a_lookup_does_not(
             await host.connect(_peer(fourth))
         assert [c.muxed_conn.peer_id for c in swarm.get_connections()] == [_peer(second).peer_id]
         # A request of ours: the connection to node 2 makes way for it.
-        with trio.fail_after(10):
+        with trio.fail_after(30):  # a bound, generous for a busy machine
             answer_bytes = await first.request(
-                third.peer_id, third.listen_addrs(), PROTO, b"hi", timeout=5
+                third.peer_id, third.listen_addrs(), PROTO, b"hi", timeout=20
             )
         assert answer_bytes == b"ok:hi"
         assert [c.muxed_conn.peer_id for c in swarm.get_connections()] == [_peer(third).peer_id]
@@ -181,9 +181,11 @@ async def test_the_last_slots_are_kept_for_our_sends() -> None:
         with pytest.raises(Exception, match="kept for messages"), trio.fail_after(10):
             await first.host.connect(_peer(others[4]))
         assert not swarm._negative_peer_cache.is_blocked(others[4].peer_id)
-        with trio.fail_after(10):
+        # Generous bounds: two handshakes in pure Python on a machine that may be busy (a
+        # 5 s request timeout failed under heavy load); they bound the test, not its speed.
+        with trio.fail_after(60):
             for net in others[4:]:
-                assert await first.request(net.peer_id, net.listen_addrs(), PROTO, b"", timeout=5)
+                assert await first.request(net.peer_id, net.listen_addrs(), PROTO, b"", timeout=25)
         assert len(swarm.get_connections()) == 6
         assert first.stats()["dials_kept_for_sends"] == 1
         assert first.stats().get("closed_for_room", 0) == 0
