@@ -1,7 +1,8 @@
 """The libp2p side of `/meshd/msg/1.0.0`: one long-lived stream per peer and direction.
 
-Outbound, each peer has a `_PeerChannel`: a bounded queue that senders wait on when it is
-full (backpressure: a slow peer slows its senders, memory stays bounded) and one task in our
+Outbound, each peer has a `_PeerChannel`: a bounded queue (`meshd.net.sendqueue`) that
+senders wait on when it is full (backpressure: a slow peer slows its senders, memory stays
+bounded) and one task in our
 nursery that opens the stream on the first message (dialing if needed), then writes every
 queued message it can take at once (up to `max_frames_per_write` frames or
 `max_bytes_per_write` bytes in one `write()`: py-libp2p costs about the same per write
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,7 @@ from libp2p.peer.peerinfo import PeerInfo
 from multiaddr import Multiaddr
 
 from meshd.guard import PeerGuard
+from meshd.net.sendqueue import Group, Outgoing, SendQueue
 from meshd.net.types import UNREACHABLE, MessageHandler, SendResult
 from protocol.errors import LocalProtocolError, RejectReason, RemoteProtocolError
 from protocol.frames import (
@@ -110,140 +112,6 @@ def _short(error: BaseException) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
-_DELIVERED = SendResult("delivered")
-
-
-class _Group:
-    """Messages queued together by `send_many`: one wake-up when the last is answered."""
-
-    __slots__ = ("done", "remaining")
-
-    def __init__(self, size: int) -> None:
-        self.remaining = size
-        self.done = trio.Event()
-
-
-class _Outgoing:
-    """One message on its way: queued, then sent and waiting for its ACK."""
-
-    __slots__ = ("abandoned", "done", "envelope", "group", "mode", "result", "sent_at")
-
-    def __init__(self, envelope: bytes, mode: Mode, group: _Group | None = None) -> None:
-        self.envelope = envelope
-        self.mode = mode
-        # A message sent alone has its own event; one of a group shares the group's.
-        self.group = group
-        self.done = trio.Event() if group is None else group.done
-        self.result: SendResult | None = None
-        self.abandoned = False  # the sender stopped waiting: do not send it any more
-        self.sent_at = 0.0
-
-    def resolve(self, outcome: str, detail: str = "") -> None:
-        if self.result is None:
-            # Nearly every answer is a bare `delivered`: one shared result for those.
-            self.result = (
-                _DELIVERED if outcome == "delivered" and not detail else SendResult(outcome, detail)
-            )
-            group = self.group
-            if group is None:
-                self.done.set()
-            else:
-                group.remaining -= 1
-                if not group.remaining:
-                    group.done.set()
-
-
-class _Waiter:
-    """A sender waiting for room: its group, and how far into it the queue has taken."""
-
-    __slots__ = ("items", "next", "task")
-
-    def __init__(self, items: Sequence[_Outgoing], start: int) -> None:
-        self.items = items
-        self.next = start
-        self.task = trio.lowlevel.current_task()
-
-
-class _SendQueue:
-    """A peer's messages waiting for its stream: bounded in messages, filled a group at a time.
-
-    `send_many` queues its group with one call and, while the queue is full, waits once: as
-    the stream's task takes messages, it moves the waiting groups' next messages in itself
-    (oldest group first) and wakes a sender only when its whole group is queued. A memory
-    channel would cost a put, a task switch and a take per message.
-    """
-
-    __slots__ = ("_getters", "_waiters", "closed", "items", "size")
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.items: deque[_Outgoing] = deque()
-        self.closed = False
-        self._waiters: deque[_Waiter] = deque()
-        self._getters = trio.lowlevel.ParkingLot()
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    async def put(self, items: Sequence[_Outgoing], start: int = 0) -> int:
-        """Queue `items[start:]` in order, waiting while the queue is full.
-
-        Returns how many of `items` are queued: all of them, unless the queue retired first.
-        No schedule point when everything fits at once.
-        """
-        if self.closed:
-            return start
-        queue = self.items
-        end = start
-        if not self._waiters:  # first come, first queued
-            end = min(len(items), start + self.size - len(queue))
-            if end > start:
-                queue.extend(items[start:end])
-                if self._getters:
-                    self._getters.unpark()
-            if end == len(items):
-                return end
-        waiter = _Waiter(items, end)
-        self._waiters.append(waiter)
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            # Cancelled: what was moved in already stays queued (the sender marks it
-            # abandoned, and the stream skips it); the rest never goes in.
-            self._waiters.remove(waiter)
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)
-        return waiter.next
-
-    def get_nowait(self) -> _Outgoing:
-        """The oldest queued message; trio.WouldBlock when there is none."""
-        try:
-            item = self.items.popleft()
-        except IndexError:
-            raise trio.WouldBlock from None
-        waiters = self._waiters
-        if waiters:  # room for one more: from the oldest waiting group
-            waiter = waiters[0]
-            self.items.append(waiter.items[waiter.next])
-            waiter.next += 1
-            if waiter.next == len(waiter.items):
-                waiters.popleft()
-                trio.lowlevel.reschedule(waiter.task)
-        return item
-
-    async def get(self) -> _Outgoing:
-        """Wait for a message and take it."""
-        while not self.items:
-            await self._getters.park()
-        return self.get_nowait()
-
-    def close(self) -> None:
-        """Take no more messages; waiting senders return with the rest of their group unqueued."""
-        self.closed = True
-        while self._waiters:
-            trio.lowlevel.reschedule(self._waiters.popleft().task)
-
-
 class _PeerChannel:
     """The outbound side of one peer: its queue, its stream's state, its waiting messages."""
 
@@ -251,8 +119,8 @@ class _PeerChannel:
         self.peer_id = peer_id
         self.peer = peer
         self.addrs = addrs
-        self.queue = _SendQueue(size)
-        self.pending: dict[int, _Outgoing] = {}  # seq -> message, oldest first
+        self.queue = SendQueue(size)
+        self.pending: dict[int, Outgoing] = {}  # seq -> message, oldest first
         self.pending_bytes = 0
         self.next_seq = 0
         self.window = trio.Event()  # set when ACKs free room under max_in_flight
@@ -375,7 +243,7 @@ class MessageStreams:
             return SendResult(UNREACHABLE, "network is not running")
         if peer_id == self._self_id:
             return SendResult(UNREACHABLE, "that peer id is this node")
-        item = _Outgoing(envelope, mode)
+        item = Outgoing(envelope, mode)
         try:
             for _attempt in range(2):
                 try:
@@ -421,8 +289,8 @@ class MessageStreams:
         fitting = [i for i, envelope in enumerate(envelopes) if len(envelope) <= limit]
         for i in set(range(len(envelopes))) - set(fitting):
             results[i] = SendResult("rejected:too_large", "envelope does not fit a frame")
-        group = _Group(len(fitting))
-        items = [_Outgoing(envelopes[i], mode, group) for i in fitting]
+        group = Group(len(fitting))
+        items = [Outgoing(envelopes[i], mode, group) for i in fitting]
         try:
             with trio.move_on_after(timeout) as scope:
                 await self._queue_all(peer_id, addrs, items)
@@ -438,7 +306,7 @@ class MessageStreams:
             results[i] = item.result
         return results
 
-    async def _queue_all(self, peer_id: str, addrs: Sequence[str], items: list[_Outgoing]) -> None:
+    async def _queue_all(self, peer_id: str, addrs: Sequence[str], items: list[Outgoing]) -> None:
         """Put every item on the peer's queue, waiting only while it is full."""
         queued = 0
         for _attempt in range(2):
@@ -498,7 +366,7 @@ class MessageStreams:
         settings = self._settings
         try:
             while True:
-                first: _Outgoing | None = None
+                first: Outgoing | None = None
                 with trio.move_on_after(settings.idle_close_s):
                     first = await channel.queue.get()
                 if first is None:
@@ -536,7 +404,7 @@ class MessageStreams:
             self.counters["sends_unreachable"] += 1
             item.resolve(UNREACHABLE, detail)
 
-    async def _open(self, channel: _PeerChannel, first: _Outgoing) -> Any:
+    async def _open(self, channel: _PeerChannel, first: Outgoing) -> Any:
         """Open the peer's message stream, dialing if needed; on failure fail what waits."""
         network = self._host.get_network()
         try:
@@ -564,7 +432,7 @@ class MessageStreams:
         self._fail_queued(channel, detail)
         return None
 
-    async def _run_stream(self, channel: _PeerChannel, stream: Any, first: _Outgoing) -> None:
+    async def _run_stream(self, channel: _PeerChannel, stream: Any, first: Outgoing) -> None:
         """Write and read one outbound stream until it idles out or fails."""
         channel.unreachable_detail = ""
         async with trio.open_nursery() as nursery:
@@ -589,7 +457,7 @@ class MessageStreams:
         channel.window.set()
 
     async def _write_loop(
-        self, channel: _PeerChannel, stream: Any, item: _Outgoing, run: _Run
+        self, channel: _PeerChannel, stream: Any, item: Outgoing, run: _Run
     ) -> None:
         settings = self._settings
         max_count, max_bytes = settings.max_in_flight, settings.max_in_flight_bytes
@@ -636,7 +504,7 @@ class MessageStreams:
             except trio.WouldBlock:
                 pass
             while True:
-                next_item: _Outgoing | None = None
+                next_item: Outgoing | None = None
                 with trio.move_on_after(settings.idle_close_s):
                     next_item = await channel.queue.get()
                 if next_item is not None:

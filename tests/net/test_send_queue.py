@@ -6,20 +6,20 @@ import pytest
 import trio
 import trio.testing
 
-from meshd.net.streams import _Outgoing, _SendQueue
+from meshd.net.sendqueue import Outgoing, SendQueue
 from protocol.frames import Mode
 
 
-def _items(tag: str, count: int) -> list[_Outgoing]:
-    return [_Outgoing(f"{tag}{i}".encode(), Mode.AT_MOST_ONCE) for i in range(count)]
+def _items(tag: str, count: int) -> list[Outgoing]:
+    return [Outgoing(f"{tag}{i}".encode(), Mode.AT_MOST_ONCE) for i in range(count)]
 
 
-def _take(queue: _SendQueue, count: int) -> list[bytes]:
+def _take(queue: SendQueue, count: int) -> list[bytes]:
     return [queue.get_nowait().envelope for _ in range(count)]
 
 
 async def test_a_group_that_fits_is_queued_without_waiting() -> None:
-    queue = _SendQueue(4)
+    queue = SendQueue(4)
     with trio.testing.assert_no_checkpoints():
         assert await queue.put(_items("a", 3)) == 3
         assert await queue.put(_items("b", 1)) == 1
@@ -29,7 +29,7 @@ async def test_a_group_that_fits_is_queued_without_waiting() -> None:
 
 
 async def test_groups_arrive_whole_and_in_order_and_the_bound_holds() -> None:
-    queue = _SendQueue(8)
+    queue = SendQueue(8)
     groups = {tag: _items(tag, 25) for tag in "abcde"}
     got: list[bytes] = []
     longest = 0
@@ -48,7 +48,7 @@ async def test_groups_arrive_whole_and_in_order_and_the_bound_holds() -> None:
 
 
 async def test_taking_moves_the_oldest_waiting_group_in_and_wakes_it_once_done() -> None:
-    queue = _SendQueue(2)
+    queue = SendQueue(2)
     await queue.put(_items("x", 2))
     done: list[str] = []
 
@@ -75,7 +75,7 @@ async def test_taking_moves_the_oldest_waiting_group_in_and_wakes_it_once_done()
 
 
 async def test_a_new_group_waits_behind_the_waiting_ones() -> None:
-    queue = _SendQueue(1)
+    queue = SendQueue(1)
     await queue.put(_items("x", 1))
     async with trio.open_nursery() as nursery:
         nursery.start_soon(queue.put, _items("a", 1))
@@ -87,7 +87,7 @@ async def test_a_new_group_waits_behind_the_waiting_ones() -> None:
 
 
 async def test_a_cancelled_sender_keeps_what_went_in_and_the_others_move_on() -> None:
-    queue = _SendQueue(1)
+    queue = SendQueue(1)
     await queue.put(_items("x", 1))
     async with trio.open_nursery() as nursery:
         doomed = trio.CancelScope()
@@ -107,7 +107,7 @@ async def test_a_cancelled_sender_keeps_what_went_in_and_the_others_move_on() ->
 
 
 async def test_closing_returns_waiting_senders_with_their_rest_unqueued() -> None:
-    queue = _SendQueue(1)
+    queue = SendQueue(1)
     await queue.put(_items("x", 1))
     reached: list[int] = []
 
