@@ -11,8 +11,7 @@ connection first (`_make_room`); other dials (DHT lookups, walks) are refused.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import pytest
@@ -24,8 +23,8 @@ from multiaddr import Multiaddr
 from meshd.net.discovery import _LOOKUP_MIN_AGE_S, DiscoverySettings
 from meshd.net.host import HostLimits
 from meshd.net.libp2p_net import Libp2pNetwork
-from meshd.net.memory import Links, MemoryTransport, memory_addr
-from meshd.net.types import NetEvent
+from meshd.net.memory import memory_addr
+from tests.net.memory_mesh import memory_mesh
 
 PROTO = "/meshd/test-room/1.0.0"
 GRACE_S = 4.0  # longer than a refused dial with its retries takes
@@ -33,28 +32,13 @@ GRACE_S = 4.0  # longer than a refused dial with its retries takes
 ONE = HostLimits(low_watermark=0, high_watermark=1, max_connections=1)
 
 
-@asynccontextmanager
-async def three(
+def three(
     count: int = 3, limits: HostLimits | None = None
-) -> AsyncIterator[list[Libp2pNetwork]]:
+) -> AbstractAsyncContextManager[list[Libp2pNetwork]]:
     """Node 1 may hold one connection (or `limits`); the others listen (in-memory transport)."""
-    links = Links()
-    send, _receive = trio.open_memory_channel[NetEvent](1000)
-    async with trio.open_nursery() as nursery:
-        nets = [
-            Libp2pNetwork(
-                os.urandom(32),
-                listen=[memory_addr(n)],
-                limits=(limits or ONE) if n == 1 else None,
-                discovery=DiscoverySettings(low_watermark=0, trim_grace_s=GRACE_S),  # no redials
-                transport=MemoryTransport(links, n),
-            )
-            for n in range(1, count + 1)
-        ]
-        for net in nets:
-            await nursery.start(net.serve, send)
-        yield nets
-        nursery.cancel_scope.cancel()
+    # No redials of their own: what a test dials is all there is.
+    quiet = DiscoverySettings(low_watermark=0, trim_grace_s=GRACE_S)
+    return memory_mesh(count, first=limits or ONE, discovery=quiet)
 
 
 def _peer(net: Libp2pNetwork) -> PeerInfo:

@@ -21,6 +21,7 @@ from meshd.net.host import HostLimits
 from meshd.net.libp2p_net import Libp2pNetwork
 from meshd.net.memory import Links, MemoryTransport, memory_addr
 from meshd.net.types import NetEvent
+from tests.net.memory_mesh import memory_mesh
 
 TWO = HostLimits(low_watermark=0, high_watermark=1, max_connections=2)
 QUIET = DiscoverySettings(low_watermark=0)  # no dials of its own
@@ -36,21 +37,7 @@ async def until(check: Callable[[], bool]) -> None:
 
 
 async def test_inbound_connections_that_closed_leave_room_for_new_ones() -> None:
-    links = Links()
-    send, _receive = trio.open_memory_channel[NetEvent](1000)
-    async with trio.open_nursery() as nursery:
-        nets = [
-            Libp2pNetwork(
-                os.urandom(32),
-                listen=[memory_addr(n)],
-                limits=TWO if n == 1 else None,
-                discovery=QUIET,
-                transport=MemoryTransport(links, n),
-            )
-            for n in range(1, 6)
-        ]
-        for net in nets:
-            await nursery.start(net.serve, send)
+    async with memory_mesh(5, first=TWO, discovery=QUIET) as nets:
         target, callers = nets[0], nets[1:]
         swarm = target.host.get_network()
         info = PeerInfo(ID.from_base58(target.peer_id), [Multiaddr(memory_addr(1))])
@@ -63,7 +50,6 @@ async def test_inbound_connections_that_closed_leave_room_for_new_ones() -> None
                 await caller.host.get_network().close_peer(info.peer_id)
                 await until(lambda: not swarm.get_connections())
         assert target.stats()["peers_connected"] == 4
-        nursery.cancel_scope.cancel()
 
 
 async def test_an_inbound_connection_s_task_ends_with_it_on_the_memory_transport() -> None:
