@@ -74,6 +74,7 @@ _MAX_PROVIDED = 64  # capability tags announced in the DHT; a node with more ann
 _PROVIDE_EVERY_S = 6 * 3600.0  # provider records live about a day in py-libp2p
 _PROVIDERS_WANTED = 20  # a DHT find asks for this many providers (Kademlia's k)
 _PROVIDE_JUDGE_AFTER = 3  # neighbour summaries needed to judge how common a tag is
+_MATCHES_MAX = 4096  # agents whose candidates() answer is kept (all forgotten when full)
 
 Provide = Callable[[str], Awaitable[bool]]
 FindProviders = Callable[[str, int], Awaitable[list[str]]]
@@ -130,6 +131,9 @@ class Summaries:
         self._history = SummaryHistory(keep=16)
         self._last_rebuild = -1e9
         self._neighbours: dict[str, _Neighbour] = {}
+        # candidates() by agent, until a neighbour's summary changes or it goes: the router
+        # asks for every message sent, and each ask probes every neighbour's filters.
+        self._matches: dict[bytes, tuple[tuple[str, int], ...]] = {}
         self._dirty = True
         self._levels_dirty = False
         self._wake = trio.Event()
@@ -196,11 +200,20 @@ class Summaries:
 
     def candidates(self, agent: AgentId) -> list[tuple[str, int]]:
         """Neighbours whose summary matches `agent`, as (peer, level): 0 hosts it, 1 next to it."""
-        now = trio.current_time()
+        found = self._matches.get(agent.raw)
+        if found is None:
+            if len(self._matches) >= _MATCHES_MAX:
+                self._matches.clear()
+            found = self._matches[agent.raw] = self._match(agent)
+        return list(found)
+
+    def _match(self, agent: AgentId) -> tuple[tuple[str, int], ...]:
+        # No clock here: a banned neighbour holds no summary (see _reject), so what matches
+        # changes only when a summary does, and _summaries_changed forgets the answers then.
         found: list[tuple[str, int]] = []
         for peer in self._neighbours.values():
             summary = peer.summary
-            if summary is None or peer.banned_until > now:
+            if summary is None:
                 continue
             if agent.raw in summary.agents:
                 found.append((peer.peer_id, 0))
@@ -210,7 +223,12 @@ class Summaries:
                     found.append((peer.peer_id, level))
                     break
         found.sort(key=lambda item: item[1])
-        return found
+        return tuple(found)
+
+    def _summaries_changed(self) -> None:
+        """A neighbour's summary changed or went: the routing answers are stale."""
+        self._matches.clear()
+        self._levels_dirty = True
 
     def addrs_of(self, peer_id: str) -> tuple[str, ...]:
         """Known addresses of a peer (to dial a node found two hops away)."""
@@ -364,7 +382,7 @@ class Summaries:
         else:
             self.deltas_received += 1
         # Our levels are unions of the neighbours' filters: refresh them on the next tick.
-        self._levels_dirty = True
+        self._summaries_changed()
         self._wake.set()
         return encode_ack(summary.seq)
 
@@ -399,7 +417,7 @@ class Summaries:
             neighbour.summary = None
             neighbour.rejects = 0
             self.penalised += 1
-            self._levels_dirty = True
+            self._summaries_changed()
             log.warning("peer %s penalised: repeated invalid summaries", neighbour.peer_id)
         return encode_ack(None)
 
@@ -571,7 +589,7 @@ class Summaries:
             elif now - neighbour.gone_at > grace and neighbour.banned_until <= now:
                 # Still routable for a while after a disconnect (we can dial it again).
                 del self._neighbours[peer_id]
-                self._levels_dirty = True
+                self._summaries_changed()
 
     def _take_allowance(self, neighbour: _Neighbour, size: int, now: float) -> bool:
         """Spend `size` bytes of the neighbour's allowance; it may go into debt by one push."""

@@ -154,6 +154,7 @@ async def test_summaries_converge_follow_changes_and_find_caps(
         assert stats["full_sent"] >= 2
         # A change travels as a delta against what each neighbour acknowledged.
         fresh = ids(1, "fresh")[0]
+        assert (nc.peer_id, 0) not in b.candidates(AgentId(fresh))  # answers are kept...
         rc.agents[fresh] = ()
         c.changed()
         await trio.sleep(SETTINGS.interval_s)
@@ -163,6 +164,12 @@ async def test_summaries_converge_follow_changes_and_find_caps(
         c.changed()
         await trio.sleep(SETTINGS.interval_s)
         assert (nc.peer_id, 0) not in b.candidates(AgentId(fresh))
+        # ...until a summary changes, and until a neighbour gone for the grace period goes.
+        assert (nc.peer_id, 0) in b.candidates(target)
+        nb.peers.discard(nc.peer_id)
+        nc.peers.discard(nb.peer_id)
+        await trio.sleep(5 * SETTINGS.interval_s)
+        assert all(peer != nc.peer_id for peer, _level in b.candidates(target))
         nursery.cancel_scope.cancel()
 
 
@@ -217,6 +224,7 @@ async def test_invalid_summaries_are_rejected_counted_and_penalised() -> None:
 
     assert await push(_summary(peer, 5).encoded) == 5
     assert service.stats()["neighbours"] == 1
+    assert service.candidates(AgentId(ids(10, "x")[0])) == [(pid, 0)]
     forged = bytearray(_summary(peer, 6).encoded)
     forged[10] ^= 1  # inside the signature
     assert await push(bytes(forged)) is None
