@@ -54,6 +54,7 @@ from protocol.summary import (
     encode_locate_answer,
     encode_push,
     family_problem,
+    match_agent,
     sized_filter,
     union_into,
 )
@@ -204,26 +205,11 @@ class Summaries:
         if found is None:
             if len(self._matches) >= _MATCHES_MAX:
                 self._matches.clear()
-            found = self._matches[agent.raw] = self._match(agent)
+            # No clock: a banned neighbour holds no summary (see _reject), so the answer
+            # changes only when a summary does, and _summaries_changed forgets them all then.
+            held = [(n.peer_id, n.summary) for n in self._neighbours.values() if n.summary]
+            found = self._matches[agent.raw] = match_agent(agent.raw, held)
         return list(found)
-
-    def _match(self, agent: AgentId) -> tuple[tuple[str, int], ...]:
-        # No clock here: a banned neighbour holds no summary (see _reject), so what matches
-        # changes only when a summary does, and _summaries_changed forgets the answers then.
-        found: list[tuple[str, int]] = []
-        for peer in self._neighbours.values():
-            summary = peer.summary
-            if summary is None:
-                continue
-            if agent.raw in summary.agents:
-                found.append((peer.peer_id, 0))
-                continue
-            for level, bloom in enumerate(summary.levels, start=1):
-                if agent.raw in bloom:
-                    found.append((peer.peer_id, level))
-                    break
-        found.sort(key=lambda item: item[1])
-        return tuple(found)
 
     def _summaries_changed(self) -> None:
         """A neighbour's summary changed or went: the routing answers are stale."""

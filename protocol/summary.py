@@ -58,6 +58,7 @@ __all__ = [
     "encode_push",
     "family_problem",
     "hashes_for",
+    "match_agent",
     "reshape",
     "sized_filter",
     "union_into",
@@ -102,6 +103,23 @@ def sized_filter(items: int, fp_rate: float, *, max_bits: int = MAX_BITS) -> Blo
 def _pow2_words(bits: int) -> bool:
     words = bits // 64
     return bits % 64 == 0 and words & (words - 1) == 0
+
+
+def match_agent(
+    agent: bytes, summaries: Iterable[tuple[str, NodeSummary]]
+) -> tuple[tuple[str, int], ...]:
+    """Who may host `agent`, as (peer, level) by level: 0 hosts it, 1 is next to it, ..."""
+    found: list[tuple[str, int]] = []
+    for peer_id, summary in summaries:
+        if agent in summary.agents:
+            found.append((peer_id, 0))
+            continue
+        for level, bloom in enumerate(summary.levels, start=1):
+            if agent in bloom:
+                found.append((peer_id, level))
+                break
+    found.sort(key=lambda item: item[1])
+    return tuple(found)
 
 
 def family_problem(summary: NodeSummary, max_bits: int) -> str | None:

@@ -34,6 +34,7 @@ from protocol.summary import (
     encode_push,
     family_problem,
     hashes_for,
+    match_agent,
     reshape,
     sized_filter,
     union_into,
@@ -212,3 +213,21 @@ def test_observed_fp_rate_of_a_mesh_of_summaries() -> None:
                 trials += len(agents)
                 hits += sum(bloom.contains_many(agents))
     assert hits / trials <= fp * 1.5
+
+
+def test_match_agent_names_hosts_first_then_neighbours_of_hosts() -> None:
+    mine, theirs = ids(10, "mine"), ids(10, "theirs")
+    near = summary(mine, 1)  # hosts `mine`; its level 1 holds ids(100, "level")
+    far = summary(theirs, 1, key=OTHER)
+    held = [("near", near), ("far", far)]
+    assert match_agent(mine[3], held) == (("near", 0),)
+    assert match_agent(theirs[3], held) == (("far", 0),)
+    # Named by both levels 1 (the same filter here) and hosted by nobody: both, at level 1.
+    assert match_agent(ids(100, "level")[7], held) == (("near", 1), ("far", 1))
+    # A host comes before a node next to it, whatever the order of the summaries.
+    host = summary([*mine, ids(100, "level")[7]], 2, key=OTHER)
+    assert match_agent(ids(100, "level")[7], [("near", near), ("host", host)]) == (
+        ("host", 0),
+        ("near", 1),
+    )
+    assert match_agent(ids(1, "nobody")[0], held) == ()
