@@ -7,7 +7,10 @@ Workarounds for py-libp2p 0.8.1 live here (see ../shared/LIBP2P.md):
 - `enable_metrics=True` fills a 100-slot channel nobody reads: never enabled;
 - the connection manager's watermarks are set from our config, not left at 50/100/300;
 - a wildcard listen address (`/ip4/0.0.0.0/...`) is advertised as is, undialable: we
-  advertise the interfaces' addresses (and loopback) instead.
+  advertise the interfaces' addresses (and loopback) instead;
+- yamux sends a WINDOW_UPDATE after every other small read, and Noise reads each message
+  from the socket in two `recv` calls: `meshd.net.libp2p_io` credits once per half window
+  read, as go-yamux does, and buffers socket reads.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.utils.address_validation import expand_wildcard_address
 from multiaddr import Multiaddr
+
+from meshd.net import libp2p_io
 
 __all__ = [
     "NOISE_PROTOCOL_ID",
@@ -121,15 +126,19 @@ def build_host(
     mdns: bool = False,
     psk: str | None = None,
     transport: Any = None,
+    io_fixes: bool = True,
 ) -> Any:
     """A py-libp2p host for our node key: TCP, Noise only, yamux, our limits, no metrics.
 
-    `limits=None` keeps py-libp2p's default `ConnectionConfig`; only the benchmark uses
-    that, to measure what our settings change. `psk` (64 hex digits) makes a private
+    `limits=None` keeps py-libp2p's default `ConnectionConfig`, and `io_fixes=False` leaves
+    py-libp2p's classes as they are (`meshd.net.libp2p_io`, process-wide): only benchmarks
+    use those, to measure what our settings change. `psk` (64 hex digits) makes a private
     network: py-libp2p's pnet wraps every raw connection in a Salsa20 stream keyed by it,
     under Noise, so a node without the key fails the handshake. `transport` (an
     `ITransport`, e.g. simnet's `meshd.net.memory.MemoryTransport`) replaces TCP.
     """
+    if io_fixes:
+        libp2p_io.install()
     key_pair = key_pair_from_seed(seed)
     return new_host(
         key_pair=key_pair,

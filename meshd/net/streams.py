@@ -25,7 +25,6 @@ reason) and logged, and everything else carries on.
 from __future__ import annotations
 
 import logging
-import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -60,12 +59,6 @@ if TYPE_CHECKING:
 __all__ = ["MessageStreams", "StreamSettings"]
 
 log = logging.getLogger("meshd.net.msg")
-
-# py-libp2p's yamux sends a WINDOW_UPDATE after every read by default (each one a Noise
-# encryption, a frame and a syscall): at light load that doubles the writes per message,
-# both ways. With this off it batches credit go-yamux's way (an update once half the window
-# is consumed). Read by py-libp2p at each read, process-wide; an operator's own setting wins.
-os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
 
 _PROTOCOLS = [TProtocol(MSG_PROTOCOL_ID)]
 # Room for a MSG frame's header around the envelope (array, type, seq, mode, bstr head).
