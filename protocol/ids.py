@@ -87,16 +87,7 @@ class AgentId:
         """Parse a `did:key:z...` text form; raise ValueError with a clear reason otherwise."""
         if not isinstance(text, str) or not text.startswith(_DID_PREFIX):
             raise ValueError(f"not an agent id: expected 'did:key:z...', got {text!r:.80}")
-        try:
-            decoded = base58.b58decode(text[len(_DID_PREFIX) :])
-        except ValueError as exc:
-            raise ValueError(f"not an agent id: bad base58btc in {text!r:.80}") from exc
-        if not decoded.startswith(_ED25519_PUB_MULTICODEC):
-            raise ValueError(f"not an agent id: {text!r:.80} is not an ed25519-pub did:key")
-        key = decoded[len(_ED25519_PUB_MULTICODEC) :]
-        if len(key) != AGENT_ID_LEN:
-            raise ValueError(f"not an agent id: key in {text!r:.80} is {len(key)} bytes, not 32")
-        return cls(key)
+        return cls(_did_key(text))
 
     @property
     def did(self) -> str:
@@ -178,6 +169,22 @@ def _did_text(raw: bytes) -> str:
     # Pure-Python base58 costs ~20 us a call, and busy agents are named on every message:
     # a bounded cache of the recently seen ones makes that nearly free.
     return _DID_PREFIX + base58.b58encode(_ED25519_PUB_MULTICODEC + raw).decode("ascii")
+
+
+@functools.lru_cache(maxsize=65_536)
+def _did_key(text: str) -> bytes:
+    # The other way round from `_did_text`, cached for the same reason: agents address the
+    # same few peers by their text ids on every send. (A ValueError is not cached.)
+    try:
+        decoded = base58.b58decode(text[len(_DID_PREFIX) :])
+    except ValueError as exc:
+        raise ValueError(f"not an agent id: bad base58btc in {text!r:.80}") from exc
+    if not decoded.startswith(_ED25519_PUB_MULTICODEC):
+        raise ValueError(f"not an agent id: {text!r:.80} is not an ed25519-pub did:key")
+    key = decoded[len(_ED25519_PUB_MULTICODEC) :]
+    if len(key) != AGENT_ID_LEN:
+        raise ValueError(f"not an agent id: key in {text!r:.80} is {len(key)} bytes, not 32")
+    return key
 
 
 def _is_ed25519_peer_id(raw: bytes) -> bool:
