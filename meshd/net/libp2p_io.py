@@ -43,10 +43,14 @@ _originals: dict[str, Any] = {}
 
 async def _credit_half_window(self: Any, *, bytes_read: int = 0) -> None:
     """Credit read bytes back to the peer once they reach half the receive window."""
+    if bytes_read > 0:
+        self._pending_recv_release += bytes_read
+    if self._pending_recv_release < self._grow_threshold():
+        # Nothing to send: no lock and no schedule point (the read around us has its own).
+        # py-libp2p never holds `window_lock` across an await, so this is as atomic.
+        return
     increment = 0
     async with self.window_lock:
-        if bytes_read > 0:
-            self._pending_recv_release += bytes_read
         if self._pending_recv_release >= self._grow_threshold():
             increment, self._pending_recv_release = self._pending_recv_release, 0
             self.recv_window += increment
