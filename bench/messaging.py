@@ -23,7 +23,9 @@ Measured in one run, then printed as ratios to ceilings measured in the same run
    around it, and as the rate that ratio means on the machine where the 10,000/s target was
    set (a 27,000/s ceiling, DESIGN.md): that is the figure to hold against the target;
 4. py-libp2p's stream rate with one write() per message, and with 64 messages per write,
-   between two other processes (bare networks, no meshd protocol).
+   between two other processes (bare networks, no meshd protocol, but with meshd's fixes to
+   py-libp2p's I/O, meshd/net/libp2p_io.py: what the daemons run on; bench/libp2p_io.py
+   compares py-libp2p with and without them).
 
 Everything is bounded in time; the last line is a JSON summary. With
 MESHD_BENCH_PROFILE=DIR (and py-spy installed), both daemons are sampled during the
