@@ -17,9 +17,13 @@ from meshd.net.types import NetEvent
 
 @asynccontextmanager
 async def memory_mesh(
-    count: int, *, first: HostLimits | None, discovery: DiscoverySettings
+    count: int,
+    *,
+    first: HostLimits | None,
+    discovery: DiscoverySettings,
+    others: HostLimits | None = None,
 ) -> AsyncIterator[list[Libp2pNetwork]]:
-    """Nodes 1..`count` on `/memory/<n>`, node 1 with limits `first`; stopped on exit."""
+    """Nodes 1..`count` on `/memory/<n>`, node 1 with limits `first`, the rest `others`."""
     links = Links()
     send, _receive = trio.open_memory_channel[NetEvent](1000)
     async with trio.open_nursery() as nursery:
@@ -27,7 +31,7 @@ async def memory_mesh(
             Libp2pNetwork(
                 os.urandom(32),
                 listen=[memory_addr(n)],
-                limits=first if n == 1 else None,
+                limits=first if n == 1 else others,
                 discovery=discovery,
                 transport=MemoryTransport(links, n),
             )
