@@ -72,7 +72,10 @@ async def test_concurrent_edits_converge_over_libp2p_and_after_a_partition(
         await nodes[0].shared.set_state("team", "x", "from 1")
         await nodes[1].shared.set_state("team", "x", "from 2")
         await nodes[2].shared.set_state("team", "y", "from 3")
-        await trio.sleep(1.0)
+        # Longer than GossipSub's gossip window (3 heartbeats of 1 s): after the heal its
+        # message cache no longer offers the partition's writes, which a quick reconnect
+        # would otherwise fetch before any state-vector answer (seen at 0.16 s).
+        await trio.sleep(4.5)
         assert "y" not in nodes[0].shared.state("team")
         assert nodes[1].shared.state("team")["y"] == "from 3"
         backend.links.heal()
