@@ -1,4 +1,4 @@
-"""Two I/O fixes for py-libp2p 0.8.1 that cut the CPU each small message costs.
+"""Three I/O fixes for py-libp2p 0.8.1 that cut the CPU each small message costs.
 
 At light load a message costs a few reads and writes through Noise and yamux on each
 daemon, and those are most of its latency. On a ping-pong of 300-byte messages between two
@@ -18,8 +18,14 @@ hosts in one process, the fixes take about 40% off the CPU of a round trip
   and Noise reads each message as a 2-byte length and then its body: two `recv` calls, each
   behind a lock and a checkpoint, per frame. Ours takes up to 64 KiB from the socket and
   serves the following reads from it, in order.
+- **Free locks take no schedule point.** One small write passes `NetStream`'s state lock,
+  the yamux stream's writer and window locks, the connection's frame lock and the TCP
+  stream's write lock; `trio.Lock.acquire` yields to the scheduler even when the lock is
+  free, so each is a pass of the event loop (about 15 us here) that does nothing. Those
+  locks become `QuickLock`s, which yield only when they must wait; `send_all` and the
+  socket reads still yield, so no I/O loop can run without schedule points.
 
-`install()` applies both; it is idempotent, and refuses a py-libp2p whose classes lack what
+`install()` applies all three; it is idempotent, and refuses a py-libp2p whose classes lack what
 the replacements rely on, like `meshd.net.kad`'s protocol id.
 """
 
@@ -27,7 +33,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["READ_SIZE", "install"]
+import trio
+
+__all__ = ["READ_SIZE", "QuickLock", "install"]
 
 READ_SIZE = 65536  # what one socket read may take: a Noise message is at most 65,535 bytes
 
@@ -38,7 +46,73 @@ _YAMUX_REQUIRED = (
     "_apply_autotune_epoch",
     "send_window_update",
 )
+# The trio.Lock attributes that `QuickLock` replaces, by class (module, name).
+_QUICK_LOCKS = (
+    ("libp2p.network.stream.net_stream", "NetStream", ("_state_lock",)),
+    ("libp2p.stream_muxer.yamux.yamux", "YamuxStream", ("window_lock", "close_lock")),
+    ("libp2p.stream_muxer.yamux.yamux", "Yamux", ("streams_lock", "_write_lock")),
+    ("libp2p.io.trio", "TrioTCPStream", ("read_lock", "write_lock")),
+)
 _originals: dict[str, Any] = {}
+
+
+class QuickLock:
+    """A `trio.Lock` that takes no schedule point when it is free."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = trio.Lock()
+
+    async def acquire(self) -> None:
+        """Take the lock: at once if it is free, else wait for it as `trio.Lock` does."""
+        await trio.lowlevel.checkpoint_if_cancelled()  # a cancelled caller still stops here
+        try:
+            self._lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._lock.acquire()
+
+    def acquire_nowait(self) -> None:
+        """Take the lock or raise `trio.WouldBlock`."""
+        self._lock.acquire_nowait()
+
+    def release(self) -> None:
+        """Release the lock (only its owner may)."""
+        self._lock.release()
+
+    def locked(self) -> bool:
+        """Whether some task holds the lock."""
+        return self._lock.locked()
+
+    def statistics(self) -> Any:
+        """`trio.Lock.statistics()` of the lock underneath."""
+        return self._lock.statistics()
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+async def _acquire_write_quickly(self: Any) -> None:
+    """`ReadWriteLock.acquire_write` with no schedule point when the writer slot is free."""
+    await trio.lowlevel.checkpoint_if_cancelled()
+    try:
+        self._writer_lock.acquire_nowait()
+    except trio.WouldBlock:
+        await self._writer_lock.acquire()
+
+
+def _with_quick_locks(init: Any, names: tuple[str, ...]) -> Any:
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        for name in names:
+            setattr(self, name, QuickLock())
+
+    __init__.__wrapped__ = init  # type: ignore[attr-defined]
+    __init__.__module__ = __name__
+    return __init__
 
 
 async def _credit_half_window(self: Any, *, bytes_read: int = 0) -> None:
@@ -85,16 +159,27 @@ async def _buffered_read(self: Any, n: int | None = None) -> bytes:
 
 
 def install() -> None:
-    """Apply both fixes to py-libp2p's classes (idempotent)."""
+    """Apply the fixes to py-libp2p's classes (idempotent)."""
+    import importlib
+
     from libp2p.io.trio import TrioTCPStream
+    from libp2p.stream_muxer.rw_lock import ReadWriteLock
     from libp2p.stream_muxer.yamux.yamux import YamuxStream
 
     missing = [name for name in _YAMUX_REQUIRED if not hasattr(YamuxStream, name)]
-    if missing or not hasattr(TrioTCPStream, "read"):
+    if not hasattr(TrioTCPStream, "read"):
+        missing.append("TrioTCPStream.read")
+    if not hasattr(ReadWriteLock, "acquire_write"):
+        missing.append("ReadWriteLock.acquire_write")
+    if missing:
         raise RuntimeError(
-            f"py-libp2p lacks {', '.join(missing) or 'TrioTCPStream.read'}: unknown layout, "
-            "see meshd/net/libp2p_io.py"
+            f"py-libp2p lacks {', '.join(missing)}: unknown layout, see meshd/net/libp2p_io.py"
         )
+    for module, name, locks in _QUICK_LOCKS:
+        cls = getattr(importlib.import_module(module), name)
+        if cls.__init__.__module__ != __name__:
+            cls.__init__ = _with_quick_locks(cls.__init__, locks)
+    ReadWriteLock.acquire_write = _acquire_write_quickly  # type: ignore[method-assign]
     YamuxStream._auto_tune_and_send_window_update = _credit_half_window  # type: ignore[method-assign]
     if TrioTCPStream.read is not _buffered_read:
         _originals["read"] = TrioTCPStream.read

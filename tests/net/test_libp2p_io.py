@@ -1,4 +1,4 @@
-"""py-libp2p I/O fixes (meshd.net.libp2p_io): yamux window credit and buffered TCP reads."""
+"""py-libp2p I/O fixes (meshd.net.libp2p_io): window credit, buffered reads, quick locks."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 import trio
 from libp2p.custom_types import TProtocol
 from libp2p.io.trio import TrioTCPStream
@@ -60,6 +61,9 @@ def test_install_is_idempotent() -> None:
     assert TrioTCPStream.read is read  # not wrapped twice
     assert YamuxStream._auto_tune_and_send_window_update.__module__ == libp2p_io.__name__
     assert read.__module__ == libp2p_io.__name__
+    init = YamuxStream.__init__
+    libp2p_io.install()
+    assert YamuxStream.__init__ is init  # the locks are swapped once per instance
 
 
 async def test_tcp_reads_are_served_in_order_from_one_socket_read() -> None:
@@ -155,3 +159,97 @@ async def test_bulk_transfer_larger_than_the_window_arrives_whole() -> None:
         # Credit came back in updates of half a window or more, not one per read.
         assert 1 <= served[0]._window_update_pending_flush <= total // (DEFAULT_WINDOW_SIZE // 2)
         await stream.reset()
+
+
+class StepCounter(trio.abc.Instrument):
+    """Counts the scheduler steps of one task."""
+
+    def __init__(self, task: trio.lowlevel.Task) -> None:
+        self.task, self.steps = task, 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task:
+            self.steps += 1
+
+
+async def test_a_small_write_passes_free_locks_without_yielding() -> None:
+    async def sink(stream: Any) -> None:
+        try:
+            while await stream.read(65536):
+                pass
+        except Exception:
+            return
+
+    async with stream_pair(sink) as stream:
+        muxed = stream.muxed_stream
+        for lock in (stream._state_lock, muxed.window_lock, muxed.conn._write_lock):
+            assert isinstance(lock, libp2p_io.QuickLock)
+        await stream.write(b"w" * SMALL)  # the stream is open and acknowledged
+        steps: list[int] = []
+        for _ in range(20):  # another task may hold a lock now and then: take the least
+            counter = StepCounter(trio.lowlevel.current_task())
+            trio.lowlevel.add_instrument(counter)
+            try:
+                with trio.fail_after(10):
+                    await stream.write(b"m" * SMALL)
+            finally:
+                trio.lowlevel.remove_instrument(counter)
+            steps.append(counter.steps)
+        # `send_all` and yamux's checkpoint after each frame; py-libp2p's five free locks
+        # added five more passes of the event loop.
+        assert min(steps) <= 2, steps
+        await stream.reset()
+
+
+async def test_quick_lock_excludes_and_waits_like_a_trio_lock() -> None:
+    lock = libp2p_io.QuickLock()
+    inside: list[str] = []
+    overlap: list[bool] = []
+
+    async def worker(name: str) -> None:
+        async with lock:
+            overlap.append(bool(inside))
+            inside.append(name)
+            await trio.sleep(0.01)  # hold it across a schedule point
+            inside.remove(name)
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            for i in range(4):
+                nursery.start_soon(worker, str(i))
+    assert overlap == [False] * 4
+    assert not lock.locked()
+    # Taken by this task, it refuses another and is released only by its owner.
+    await lock.acquire()
+    refused: list[bool] = []
+
+    async def other() -> None:
+        with pytest.raises(trio.WouldBlock):
+            lock.acquire_nowait()
+        with pytest.raises(RuntimeError):
+            lock.release()
+        refused.append(True)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other)
+    assert refused == [True]
+    assert lock.statistics().owner is trio.lowlevel.current_task()
+    lock.release()
+    # A cancelled caller stops at the lock even when it is free.
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await lock.acquire()
+    assert scope.cancelled_caught
+    assert not lock.locked()
+
+
+async def test_tcp_stream_locks_are_quick() -> None:
+    libp2p_io.install()
+    ours, theirs = trio.socket.socketpair()
+    stream = TrioTCPStream(trio.SocketStream(ours))
+    with theirs:
+        assert isinstance(stream.read_lock, libp2p_io.QuickLock)
+        assert isinstance(stream.write_lock, libp2p_io.QuickLock)
+        await stream.write(b"x")
+        assert await theirs.recv(1) == b"x"
+    await stream.close()
