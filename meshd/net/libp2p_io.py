@@ -2,7 +2,7 @@
 
 At light load a message costs a few reads and writes through Noise and yamux on each
 daemon, and those are most of its latency. On a ping-pong of 300-byte messages between two
-hosts in one process, the fixes take about 40% off the CPU of a round trip
+hosts in one process, the fixes take about half the CPU off a round trip
 (`bench/libp2p_io.py`).
 
 - **Yamux window credit, go-yamux's way.** `YamuxStream._auto_tune_and_send_window_update`
