@@ -8,9 +8,10 @@ Workarounds for py-libp2p 0.8.1 live here (see ../shared/LIBP2P.md):
 - the connection manager's watermarks are set from our config, not left at 50/100/300;
 - a wildcard listen address (`/ip4/0.0.0.0/...`) is advertised as is, undialable: we
   advertise the interfaces' addresses (and loopback) instead;
-- yamux sends a WINDOW_UPDATE after every other small read, and Noise reads each message
-  from the socket in two `recv` calls: `meshd.net.libp2p_io` credits once per half window
-  read, as go-yamux does, and buffers socket reads.
+- yamux sends a WINDOW_UPDATE after every other small read, Noise reads each message
+  from the socket in two `recv` calls, and every free lock on the I/O path yields to the
+  scheduler: `meshd.net.libp2p_io` credits once per half window read, as go-yamux does,
+  buffers socket reads, and lets free locks be taken without a schedule point.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ the replacements rely on, like `meshd.net.kad`'s protocol id.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import trio
@@ -56,6 +57,15 @@ _QUICK_LOCKS = (
 _originals: dict[str, Any] = {}
 
 
+async def _take(lock: Any) -> None:
+    """Take `lock` (a trio Lock or Semaphore) at once if it is free, else wait for it."""
+    await trio.lowlevel.checkpoint_if_cancelled()  # a cancelled caller still stops here
+    try:
+        lock.acquire_nowait()
+    except trio.WouldBlock:
+        await lock.acquire()
+
+
 class QuickLock:
     """A `trio.Lock` that takes no schedule point when it is free."""
 
@@ -66,11 +76,7 @@ class QuickLock:
 
     async def acquire(self) -> None:
         """Take the lock: at once if it is free, else wait for it as `trio.Lock` does."""
-        await trio.lowlevel.checkpoint_if_cancelled()  # a cancelled caller still stops here
-        try:
-            self._lock.acquire_nowait()
-        except trio.WouldBlock:
-            await self._lock.acquire()
+        await _take(self._lock)
 
     def acquire_nowait(self) -> None:
         """Take the lock or raise `trio.WouldBlock`."""
@@ -89,7 +95,7 @@ class QuickLock:
         return self._lock.statistics()
 
     async def __aenter__(self) -> None:
-        await self.acquire()
+        await _take(self._lock)
 
     async def __aexit__(self, *exc: object) -> None:
         self._lock.release()
@@ -97,11 +103,7 @@ class QuickLock:
 
 async def _acquire_write_quickly(self: Any) -> None:
     """`ReadWriteLock.acquire_write` with no schedule point when the writer slot is free."""
-    await trio.lowlevel.checkpoint_if_cancelled()
-    try:
-        self._writer_lock.acquire_nowait()
-    except trio.WouldBlock:
-        await self._writer_lock.acquire()
+    await _take(self._writer_lock)
 
 
 def _with_quick_locks(init: Any, names: tuple[str, ...]) -> Any:
@@ -160,8 +162,6 @@ async def _buffered_read(self: Any, n: int | None = None) -> bytes:
 
 def install() -> None:
     """Apply the fixes to py-libp2p's classes (idempotent)."""
-    import importlib
-
     from libp2p.io.trio import TrioTCPStream
     from libp2p.stream_muxer.rw_lock import ReadWriteLock
     from libp2p.stream_muxer.yamux.yamux import YamuxStream
